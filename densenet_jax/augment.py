@@ -1,0 +1,151 @@
+"""Keras ImageDataGenerator augmentation as pure, jittable JAX functions.
+
+The reference recipe augments with
+
+    ImageDataGenerator(rotation_range=40, width_shift_range=0.2,
+                       height_shift_range=0.2, shear_range=0.2,
+                       zoom_range=0.2, horizontal_flip=True,
+                       fill_mode="nearest")
+
+This module reproduces its semantics, following
+`keras.src.legacy.preprocessing.image` (`get_random_transform` and
+`apply_affine_transform`):
+
+- rotation: theta ~ U(-rotation_range, rotation_range) degrees;
+- shifts: U(-range, range) times the image size in pixels (Keras draws `tx`
+  from height_shift_range scaled by the height and `ty` from width_shift_range
+  scaled by the width, then swaps axes so that `tx` moves columns and `ty`
+  rows; we keep that quirk);
+- shear: U(-shear_range, shear_range) in degrees (not radians, not a
+  fraction), applied as the matrix [[1, -sin s], [0, cos s]];
+- zoom: zx, zy drawn independently from U(1 - zoom_range, 1 + zoom_range);
+  a factor above 1 shows more of the image (zooms out);
+- the matrices compose as rotation @ shift @ shear @ zoom about the image
+  centre, mapping output pixels to input coordinates, sampled bilinearly
+  (Keras' interpolation_order=1) with 'nearest' fill (edge pixels extend);
+- then a horizontal flip with probability 1/2.
+
+Each image's randomness comes from its own key, so a batch is augmented the
+same way however it is split over devices.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """ImageDataGenerator's arguments, in its units (degrees, fractions)."""
+
+  rotation_range_deg: float = 40.0
+  width_shift_range: float = 0.2
+  height_shift_range: float = 0.2
+  shear_range_deg: float = 0.2
+  zoom_range: float = 0.2
+  horizontal_flip: bool = True
+
+  @classmethod
+  def from_config(cls, config) -> "AugmentConfig":
+    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+
+def random_transform(key, config: AugmentConfig, height: int, width: int):
+  """Draws one image's parameters, as Keras' `get_random_transform` does."""
+  keys = jax.random.split(key, 6)
+
+  def uniform(k, r, shape=()):
+    return jax.random.uniform(k, shape, minval=-r, maxval=r)
+
+  zoom = 1.0 + uniform(keys[4], config.zoom_range, (2,))
+  return dict(
+    theta=uniform(keys[0], config.rotation_range_deg),
+    tx=uniform(keys[1], config.height_shift_range) * height,
+    ty=uniform(keys[2], config.width_shift_range) * width,
+    shear=uniform(keys[3], config.shear_range_deg),
+    zx=zoom[0],
+    zy=zoom[1],
+    flip=jax.random.bernoulli(keys[5]) & config.horizontal_flip,
+  )
+
+
+def affine_matrix(theta, tx, ty, shear, zx, zy, height, width):
+  """Keras' 3x3 output->input matrix in (row, col) pixel coordinates."""
+  theta = jnp.deg2rad(theta)
+  shear = jnp.deg2rad(shear)
+  one, zero = jnp.ones_like(theta), jnp.zeros_like(theta)
+
+  def mat(rows):
+    return jnp.stack([jnp.stack(r) for r in rows])
+
+  rotation = mat(
+    [
+      [jnp.cos(theta), -jnp.sin(theta), zero],
+      [jnp.sin(theta), jnp.cos(theta), zero],
+      [zero, zero, one],
+    ]
+  )
+  shift = mat([[one, zero, tx], [zero, one, ty], [zero, zero, one]])
+  shear_m = mat(
+    [
+      [one, -jnp.sin(shear), zero],
+      [zero, jnp.cos(shear), zero],
+      [zero, zero, one],
+    ]
+  )
+  zoom = mat([[zx, zero, zero], [zero, zy, zero], [zero, zero, one]])
+  m = rotation @ shift @ shear_m @ zoom
+  # transform_matrix_offset_center: transform about the image centre.
+  o_x, o_y = height / 2 - 0.5, width / 2 - 0.5
+  offset = jnp.array([[1.0, 0.0, o_x], [0.0, 1.0, o_y], [0.0, 0.0, 1.0]])
+  reset = jnp.array([[1.0, 0.0, -o_x], [0.0, 1.0, -o_y], [0.0, 0.0, 1.0]])
+  m = offset @ m @ reset
+  # Keras builds the matrix in (x, y) order and swaps it into (row, col).
+  perm = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+  return perm @ m @ perm
+
+
+def apply_affine(image, matrix):
+  """Samples image (H, W, C) at matrix @ (row, col, 1): bilinear, edge fill."""
+  height, width = image.shape[:2]
+  rows, cols = jnp.meshgrid(
+    jnp.arange(height, dtype=jnp.float32),
+    jnp.arange(width, dtype=jnp.float32),
+    indexing="ij",
+  )
+  src_r = matrix[0, 0] * rows + matrix[0, 1] * cols + matrix[0, 2]
+  src_c = matrix[1, 0] * rows + matrix[1, 1] * cols + matrix[1, 2]
+  # 'nearest' fill: coordinates outside the image take the edge's value.
+  src_r = jnp.clip(src_r, 0, height - 1)
+  src_c = jnp.clip(src_c, 0, width - 1)
+  r0 = jnp.floor(src_r)
+  c0 = jnp.floor(src_c)
+  wr = (src_r - r0)[..., None]
+  wc = (src_c - c0)[..., None]
+  r0 = r0.astype(jnp.int32)
+  c0 = c0.astype(jnp.int32)
+  r1 = jnp.minimum(r0 + 1, height - 1)
+  c1 = jnp.minimum(c0 + 1, width - 1)
+  top = image[r0, c0] * (1 - wc) + image[r0, c1] * wc
+  bottom = image[r1, c0] * (1 - wc) + image[r1, c1] * wc
+  return (top * (1 - wr) + bottom * wr).astype(image.dtype)
+
+
+def augment_image(key, image, config: AugmentConfig):
+  """One random ImageDataGenerator transform of one float (H, W, C) image."""
+  height, width = image.shape[:2]
+  p = random_transform(key, config, height, width)
+  matrix = affine_matrix(
+    p["theta"], p["tx"], p["ty"], p["shear"], p["zx"], p["zy"], height, width
+  )
+  image = apply_affine(image, matrix)
+  return jnp.where(p["flip"], image[:, ::-1], image)
+
+
+def augment_batch(key, images, config: AugmentConfig, indices=None):
+  """Augments (N, H, W, C) images; image i uses fold_in(key, indices[i])."""
+  if indices is None:
+    indices = jnp.arange(images.shape[0])
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, indices)
+  return jax.vmap(augment_image, (0, 0, None))(keys, images, config)

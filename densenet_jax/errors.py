@@ -1,0 +1,5 @@
+"""Errors caused by the user's input: the CLIs print them as one line."""
+
+
+class UserError(ValueError):
+  """Bad input (config, data, workdir, checkpoint), named in the message."""

@@ -1,0 +1,210 @@
+"""DenseNet for CIFAR in flax.linen; the tutorial's exact network is a preset.
+
+The layer order follows the reference Keras recipe: a stem conv3x3 with bias
+and ReLU followed by BatchNorm (Keras' default epsilon 1e-3), then dense blocks
+of BN-ReLU-conv1x1(bottleneck)-BN-ReLU-conv3x3(growth) layers whose outputs are
+concatenated onto their inputs, transitions BN-ReLU-conv1x1-avgpool2x2, and a
+BN-ReLU-global-average-pool-Dense head. The model returns logits; the softmax
+of the tutorial's last layer lives in the loss.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from densenet_jax import errors
+
+KERAS_BN_EPSILON = 1.001e-5  # keras.applications.densenet's epsilon
+STEM_BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default
+BN_MOMENTUM = 0.99  # Keras' default moving-average momentum
+
+
+class DenseLayer(nn.Module):
+  """BN-ReLU-conv1x1(bottleneck)-BN-ReLU-conv3x3(growth), concatenated on x."""
+
+  growth_rate: int
+  bottleneck_width: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    y = x
+    if self.bottleneck_width:
+      y = nn.relu(self.norm(name="bn1")(y))
+      y = conv(self.bottleneck_width * self.growth_rate, (1, 1), name="conv1")(
+        y
+      )
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = conv(self.growth_rate, (3, 3), name="conv2")(y)
+    return jnp.concatenate([x, y], axis=-1)
+
+
+class DenseBlock(nn.Module):
+  """`num_layers` DenseLayers, each adding `growth_rate` channels."""
+
+  num_layers: int
+  growth_rate: int
+  bottleneck_width: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.num_layers):
+      x = DenseLayer(
+        self.growth_rate,
+        self.bottleneck_width,
+        self.norm,
+        self.dtype,
+        name=f"layer{i}",
+      )(x)
+    return x
+
+
+class Transition(nn.Module):
+  """BN-ReLU-conv1x1(floor(channels * reduction))-avgpool 2x2."""
+
+  reduction: float
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(self.norm(name="bn")(x))
+    x = nn.Conv(
+      int(x.shape[-1] * self.reduction),
+      (1, 1),
+      use_bias=False,
+      dtype=self.dtype,
+      name="conv",
+    )(x)
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class DenseNet(nn.Module):
+  """A configurable CIFAR DenseNet (NHWC inputs scaled to [0, 1]).
+
+  Attributes:
+    blocks: number of dense layers in each dense block.
+    growth_rate: channels each dense layer adds (k).
+    bottleneck_width: the 1x1 bottleneck has `bottleneck_width * growth_rate`
+      channels; 0 leaves out the bottleneck (plain DenseNet layers).
+    stem_features: channels of the stem convolution.
+    reduction: a transition keeps floor(channels * reduction) channels.
+    transition_after_last: the tutorial puts a transition after every block,
+      the last one too; the DenseNet paper does not.
+    num_classes: outputs of the classifier.
+    stem_bn, stem_relu, stem_bias: the tutorial's stem is conv3x3 with bias,
+      ReLU, then BatchNorm; the paper's DenseNet-BC stem is a bare conv.
+    dtype: computation dtype (parameters stay float32).
+    bn_axis_name: named mapped axis over which BatchNorm averages batch
+      statistics (set by the pmapped train step so that N devices see the
+      statistics of the whole global batch).
+  """
+
+  blocks: Sequence[int] = (4, 8, 16)
+  growth_rate: int = 32
+  bottleneck_width: int = 2
+  stem_features: int = 16
+  reduction: float = 0.5
+  transition_after_last: bool = True
+  num_classes: int = 10
+  stem_bn: bool = True
+  stem_relu: bool = True
+  stem_bias: bool = True
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=KERAS_BN_EPSILON,
+      dtype=self.dtype,
+      axis_name=self.bn_axis_name if train else None,
+    )
+    x = x.astype(self.dtype)
+    x = nn.Conv(
+      self.stem_features,
+      (3, 3),
+      use_bias=self.stem_bias,
+      dtype=self.dtype,
+      name="stem_conv",
+    )(x)
+    if self.stem_relu:
+      x = nn.relu(x)
+    if self.stem_bn:
+      x = norm(epsilon=STEM_BN_EPSILON, name="stem_bn")(x)
+    for b, num_layers in enumerate(self.blocks):
+      x = DenseBlock(
+        num_layers,
+        self.growth_rate,
+        self.bottleneck_width,
+        norm,
+        self.dtype,
+        name=f"block{b}",
+      )(x)
+      if b < len(self.blocks) - 1 or self.transition_after_last:
+        x = Transition(self.reduction, norm, self.dtype, name=f"transition{b}")(
+          x
+        )
+    x = nn.relu(norm(name="final_bn")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    return x.astype(jnp.float32)
+
+
+# The tutorial's network: 1,359,842 trainable parameters.
+reference = functools.partial(DenseNet)
+
+# Huang et al. (2017), DenseNet-BC with L=100, k=12: 3 blocks of 16 bottleneck
+# layers, compression 0.5, a 2k-channel stem conv without BN, no transition
+# after the last block. 769,162 parameters for 10 classes.
+densenet_bc_100_k12 = functools.partial(
+  DenseNet,
+  blocks=(16, 16, 16),
+  growth_rate=12,
+  bottleneck_width=4,
+  stem_features=24,
+  transition_after_last=False,
+  stem_bn=False,
+  stem_relu=False,
+  stem_bias=False,
+)
+
+# Test-size network: the reference's structure, a few thousand parameters.
+tiny = functools.partial(
+  DenseNet, blocks=(1, 1), growth_rate=4, stem_features=4
+)
+
+PRESETS = {
+  "reference": reference,
+  "densenet_bc_100_k12": densenet_bc_100_k12,
+  "tiny": tiny,
+}
+
+
+def create_model(preset: str, **overrides) -> DenseNet:
+  """Builds a preset by name; `overrides` replace any DenseNet attribute."""
+  if preset not in PRESETS:
+    raise errors.UserError(
+      f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}"
+    )
+  return PRESETS[preset](**overrides)
+
+
+def summary(model: DenseNet, image_shape=(32, 32, 3), depth: int = 1) -> str:
+  """The layer/parameter table (flax nn.tabulate) for a batch of one;
+  depth=1 lists blocks and transitions, larger depths their layers."""
+  import jax
+
+  table = nn.tabulate(
+    model, jax.random.key(0), depth=depth, console_kwargs={"width": 120}
+  )
+  return table(jnp.zeros((1,) + tuple(image_shape)), train=False)

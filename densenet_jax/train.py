@@ -1,0 +1,471 @@
+"""Training: TrainState, the pmapped train step, masked eval, the epoch loop.
+
+    python -m densenet_jax.train --workdir runs/reference
+
+Resumes from WORKDIR/checkpoints/latest when present. Ctrl-C or SIGTERM stops
+at the next step boundary, saves the state mid-epoch and exits; running the
+same command again continues from that step with identical results.
+"""
+
+import argparse
+import contextlib
+import functools
+import json
+import pathlib
+import signal
+import sys
+import time
+from typing import Any
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from densenet_jax import (
+  augment,
+  checkpointing,
+  configs,
+  data,
+  errors,
+  models,
+  reporting,
+)
+
+AXIS = "batch"  # the pmapped device axis
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  rng: jax.Array  # raw uint32 key data: per-step keys are fold_in(rng, step)
+
+
+class Interrupted(Exception):
+  """Training stopped by a signal after saving the latest state."""
+
+
+class ConfigError(errors.UserError):
+  """A configuration that cannot run, with the value that is wrong."""
+
+
+def create_model(config, num_classes: int, axis_name=None) -> models.DenseNet:
+  return _cached_model(config.model, num_classes, config.dtype, axis_name)
+
+
+# Models and optimizers are static parts of the TrainState, hence of the
+# compiled steps' cache keys: equal settings must give identical objects so
+# that runs in one process (tests, notebooks, resumes) reuse compilations.
+@functools.lru_cache(maxsize=None)
+def _cached_model(preset, num_classes, dtype, axis_name):
+  return models.create_model(
+    preset,
+    num_classes=num_classes,
+    dtype=jnp.dtype(dtype),
+    bn_axis_name=axis_name,
+  )
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  """Adam with Keras' defaults unless the config says otherwise."""
+  return _cached_adam(
+    config.learning_rate, config.adam_b1, config.adam_b2, config.adam_eps
+  )
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_adam(learning_rate, b1, b2, eps):
+  return optax.inject_hyperparams(optax.adam)(
+    learning_rate=learning_rate, b1=b1, b2=b2, eps=eps
+  )
+
+
+def create_train_state(config, model, image_shape) -> TrainState:
+  key = jax.random.key(config.seed)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+    key, jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  )
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    tx=create_optimizer(config),
+    rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+  )
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state: TrainState, batch: dict, augment_config=None):
+  """One optimisation step on a device's shard; collectives over AXIS."""
+  images = batch["image"].astype(jnp.float32) / 255.0
+  if augment_config is not None:
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    images = augment.augment_batch(key, images, augment_config, batch["index"])
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+      {"params": params, "batch_stats": state.batch_stats},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return cross_entropy(logits, batch["label"]).mean(), (logits, updates)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (logits, updates)), grads = grad_fn(state.params)
+  grads = jax.lax.pmean(grads, AXIS)
+  # BatchNorm already averaged its statistics over AXIS (bn_axis_name).
+  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  metrics = {
+    "loss": loss,
+    "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+  }
+  return state, jax.lax.pmean(metrics, AXIS)
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+  """Mask-weighted sums over a device's shard, summed over AXIS."""
+  images = batch["image"].astype(jnp.float32) / 255.0
+  logits = state.apply_fn(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    images,
+    train=False,
+  )
+  mask = batch["mask"]
+  sums = {
+    "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+    "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+    "count": jnp.sum(mask),
+  }
+  return jax.lax.psum(sums, AXIS)
+
+
+@functools.lru_cache(maxsize=None)
+def make_steps(augment_config):
+  """The pmapped train and eval steps; cached so that runs in one process
+  (tests, notebooks) share compiled functions."""
+  p_train = jax.pmap(
+    functools.partial(train_step, augment_config=augment_config),
+    axis_name=AXIS,
+    donate_argnums=(0,),
+  )
+  p_eval = jax.pmap(eval_step, axis_name=AXIS)
+  return p_train, p_eval
+
+
+def evaluate(p_eval, state, split: data.Split, batch_size: int) -> dict:
+  """Loss and accuracy over every example of `split`, each counted once."""
+  n = jax.local_device_count()
+  totals = None
+  for batch in data.eval_batches(split, batch_size):
+    sums = p_eval(state, data.shard(batch, n))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(jax.tree.map(lambda x: x[0], totals))
+  return {
+    "loss": float(totals["loss"] / totals["count"]),
+    "accuracy": float(totals["correct"] / totals["count"]),
+    "count": int(totals["count"]),
+  }
+
+
+def check_batch_sizes(config, num_devices: int) -> None:
+  for name in ("batch_size", "eval_batch_size"):
+    value = config[name]
+    if not isinstance(value, int) or value <= 0:
+      raise ConfigError(f"{name}={value!r} must be a positive integer")
+    if value % num_devices:
+      raise ConfigError(
+        f"{name}={value} does not divide over {num_devices} devices; "
+        f"use a multiple of {num_devices}"
+      )
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+  """Turns the first SIGINT/SIGTERM into a flag the loop checks each step."""
+  flag = {"stop": None}
+
+  def handler(signum, frame):
+    flag["stop"] = signal.Signals(signum).name
+    signal.signal(signum, previous[signum])  # a second signal acts at once
+
+  previous = {}
+  with contextlib.suppress(ValueError):  # only the main thread has signals
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      previous[sig] = signal.signal(sig, handler)
+  try:
+    yield flag
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
+def _check_workdir_config(workdir: pathlib.Path, config) -> None:
+  path = workdir / "config.json"
+  if path.exists():
+    saved = json.loads(path.read_text())
+    for key in ("model", "dataset"):
+      if saved.get(key) != config[key]:
+        raise ConfigError(
+          f"{workdir} holds a run with {key}={saved.get(key)!r}, not "
+          f"{config[key]!r}; use another --workdir or the same {key}"
+        )
+  workdir.mkdir(parents=True, exist_ok=True)
+  path.write_text(config.to_json(indent=2) + "\n")
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir,
+  dataset: data.Dataset | None = None,
+) -> dict:
+  """Trains (resuming from workdir), then scores the best state on test."""
+  workdir = pathlib.Path(workdir)
+  num_devices = jax.local_device_count()
+  check_batch_sizes(config, num_devices)
+  _check_workdir_config(workdir, config)
+  if dataset is None:
+    dataset = data.load(
+      config.dataset, config.data_dir, config.val_size, config.train_size
+    )
+  train_split = dataset.splits["train"]
+  spe = config.steps_per_epoch or data.steps_per_epoch(
+    len(train_split), config.batch_size
+  )
+  if spe <= 0:
+    raise ConfigError(
+      f"batch_size={config.batch_size} is larger than the "
+      f"{len(train_split)} training images"
+    )
+  model = create_model(config, dataset.num_classes, axis_name=AXIS)
+  state = create_train_state(config, model, train_split.images.shape[1:])
+  print(models.summary(model, train_split.images.shape[1:]))
+
+  ckpt = checkpointing.Checkpoints(workdir)
+  meta = {
+    "history": [],
+    "partial": None,
+    "best_val_loss": None,
+    "best_train_loss": None,
+    "wait": 0,
+    "stopped_early": False,
+  }
+  restored = ckpt.restore("latest", state)
+  if restored:
+    state, meta = restored
+    print(
+      f"resuming from step {int(state.step)} "
+      f"({len(meta['history'])} epochs done)"
+    )
+  history = meta["history"]
+  augment_config = (
+    augment.AugmentConfig.from_config(config.augment)
+    if config.augment.enabled
+    else None
+  )
+  p_train, p_eval = make_steps(augment_config)
+  reporter = reporting.Reporter(
+    workdir, title=f"{config.model} on {config.dataset}"
+  )
+  rstate = flax.jax_utils.replicate(state)
+  step = int(state.step)
+  try:
+    with stop_on_signals() as flag:
+      while len(history) < config.num_epochs and not meta["stopped_early"]:
+        epoch = len(history)
+        offset = step - epoch * spe
+        partial = meta["partial"] or {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+        sums = {k: jnp.asarray(partial[k]) for k in ("loss", "accuracy")}
+        done = partial["steps"]
+        start = time.perf_counter()
+        bar = tqdm(
+          total=spe,
+          initial=offset,
+          desc=f"epoch {epoch + 1}/{config.num_epochs}",
+          unit="step",
+          dynamic_ncols=True,
+        )
+        for batch in data.train_batches(
+          train_split, config.batch_size, config.seed, epoch, offset, spe
+        ):
+          rstate, metrics = p_train(rstate, data.shard(batch, num_devices))
+          sums = jax.tree.map(lambda s, m: s + m[0], sums, metrics)
+          step, done = step + 1, done + 1
+          bar.update(1)
+          if done % config.log_every_steps == 0 or step % spe == 0:
+            means = {k: float(v) / done for k, v in sums.items()}
+            if not np.isfinite(means["loss"]):
+              raise FloatingPointError(
+                f"training loss is {means['loss']} at step {step} "
+                f"(epoch {epoch + 1}); lower the learning rate"
+              )
+            bar.set_postfix(
+              loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.4f}"
+            )
+          if flag["stop"]:
+            break
+        bar.close()
+        meta["partial"] = {
+          "loss": float(sums["loss"]),
+          "accuracy": float(sums["accuracy"]),
+          "steps": done,
+        }
+        if flag["stop"]:
+          raise Interrupted(flag["stop"])
+        state = jax.device_get(flax.jax_utils.unreplicate(rstate))
+        val = evaluate(
+          p_eval, rstate, dataset.splits["validation"], config.eval_batch_size
+        )
+        row = {
+          "epoch": epoch + 1,
+          "loss": meta["partial"]["loss"] / done,
+          "accuracy": meta["partial"]["accuracy"] / done,
+          "val_loss": val["loss"],
+          "val_accuracy": val["accuracy"],
+          "learning_rate": float(state.opt_state.hyperparams["learning_rate"]),
+          "epoch_time_s": time.perf_counter() - start,
+        }
+        history.append(row)
+        meta["partial"] = None
+        print(
+          f"epoch {row['epoch']}: loss {row['loss']:.4f} accuracy "
+          f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} "
+          f"val_accuracy {row['val_accuracy']:.4f} "
+          f"({row['epoch_time_s']:.1f} s)"
+        )
+        _early_stopping(meta, row["loss"], config.early_stopping_patience)
+        if meta["best_val_loss"] is None or val["loss"] < meta["best_val_loss"]:
+          meta["best_val_loss"] = val["loss"]
+          ckpt.save("best", state, meta)
+          print(f"  val_loss improved: saved the best checkpoint (step {step})")
+        ckpt.save("latest", state, meta)
+        reporter.epoch_end(history)
+        if flag["stop"]:
+          raise Interrupted(flag["stop"])
+  except Interrupted as stop:
+    state = jax.device_get(flax.jax_utils.unreplicate(rstate))
+    ckpt.save("latest", state, meta)
+    ckpt.wait()
+    ckpt.close()
+    reporter.close()
+    raise Interrupted(
+      f"{stop} received: saved step {step} to {ckpt.root / 'latest'}; "
+      "run the same command to resume"
+    ) from None
+  ckpt.wait()
+  if meta["stopped_early"]:
+    print(
+      f"early stopping: training loss did not improve for "
+      f"{config.early_stopping_patience} epochs"
+    )
+  best = ckpt.restore("best", state)
+  if best:
+    state = best[0]
+  test = evaluate(
+    p_eval,
+    flax.jax_utils.replicate(state),
+    dataset.splits["test"],
+    config.eval_batch_size,
+  )
+  result = {
+    "test_loss": test["loss"],
+    "test_accuracy": test["accuracy"],
+    "test_examples": test["count"],
+    "checkpoint_step": int(state.step),
+    "epochs": len(history),
+    "stopped_early": meta["stopped_early"],
+  }
+  reporter.write_json("test_result.json", result)
+  reporter.close()
+  ckpt.close()
+  print(
+    f"test: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} "
+    f"({test['count']} images, checkpoint of step {int(state.step)})"
+  )
+  return result
+
+
+def _early_stopping(meta: dict, loss: float, patience: int) -> None:
+  """Keras EarlyStopping(monitor='loss', patience): stop after `patience`
+  epochs in a row without a lower training loss."""
+  if meta["best_train_loss"] is None or loss < meta["best_train_loss"]:
+    meta["best_train_loss"], meta["wait"] = loss, 0
+  else:
+    meta["wait"] += 1
+    meta["stopped_early"] = bool(patience) and meta["wait"] >= patience
+
+
+def parse_config(argv=None):
+  parser = argparse.ArgumentParser(
+    prog="python -m densenet_jax.train",
+    description="Train a DenseNet on CIFAR (resumes from --workdir).",
+  )
+  parser.add_argument(
+    "--workdir",
+    required=True,
+    help="checkpoints, metrics, TensorBoard events, plots",
+  )
+  parser.add_argument(
+    "--config",
+    default="default",
+    help="built-in config name or a .py file with "
+    "get_config() (default: default, the tutorial recipe)",
+  )
+  parser.add_argument("--model", help=f"preset: {', '.join(models.PRESETS)}")
+  parser.add_argument("--dataset", help="cifar10 or cifar100")
+  parser.add_argument(
+    "--data-dir",
+    help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+  )
+  parser.add_argument("--epochs", type=int, dest="num_epochs")
+  parser.add_argument("--batch-size", type=int)
+  parser.add_argument("--learning-rate", type=float)
+  parser.add_argument("--seed", type=int)
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override any config field, e.g. --set "
+    "augment.enabled=False (repeatable)",
+  )
+  args = parser.parse_args(argv)
+  config = configs.load(args.config)
+  for key in (
+    "model",
+    "dataset",
+    "data_dir",
+    "num_epochs",
+    "batch_size",
+    "learning_rate",
+    "seed",
+  ):
+    if getattr(args, key) is not None:
+      config[key] = getattr(args, key)
+  configs.override(config, args.set)
+  if config.model not in models.PRESETS:
+    raise ConfigError(
+      f"unknown model {config.model!r}; choose one of "
+      f"{', '.join(models.PRESETS)}"
+    )
+  return args.workdir, config
+
+
+def main(argv=None):
+  try:
+    workdir, config = parse_config(argv)
+    train_and_evaluate(config, workdir)
+  except Interrupted as stop:
+    sys.exit(f"interrupted: {stop}")
+  except (errors.UserError, FloatingPointError) as err:
+    sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,126 @@
+"""Augmentation: equal to Keras' own transform, and its properties."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from densenet_jax import augment
+
+REFERENCE = augment.AugmentConfig()  # the tutorial's ImageDataGenerator
+NONE = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, False)
+augment_batch = jax.jit(augment.augment_batch, static_argnums=2)
+KEYS = ("theta", "tx", "ty", "shear", "zx", "zy")
+
+
+@pytest.fixture(scope="module")
+def images():
+  return jax.random.uniform(jax.random.key(0), (64, 32, 32, 3))
+
+
+@pytest.fixture(scope="module")
+def params():
+  keys = jax.random.split(jax.random.key(1), 4000)
+  return jax.vmap(augment.random_transform, (0, None, None, None))(
+    keys, REFERENCE, 32, 32
+  )
+
+
+@pytest.mark.parametrize(
+  "case",
+  [
+    dict(theta=30.0),
+    dict(tx=5.3),
+    dict(ty=-3.2),
+    dict(shear=20.0),
+    dict(zx=1.2),
+    dict(zy=0.8),
+    dict(theta=-17.0, tx=2.5, ty=-4.1, shear=10.0, zx=0.9, zy=1.15),
+  ],
+)
+def test_matches_keras_apply_affine_transform(case):
+  os.environ.setdefault("KERAS_BACKEND", "numpy")
+  from keras.src.legacy.preprocessing.image import apply_affine_transform
+
+  image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+  full = dict(theta=0.0, tx=0.0, ty=0.0, shear=0.0, zx=1.0, zy=1.0) | case
+  expected = apply_affine_transform(
+    image,
+    **full,
+    row_axis=0,
+    col_axis=1,
+    channel_axis=2,
+    fill_mode="nearest",
+    order=1,
+  )
+  matrix = augment.affine_matrix(*[jnp.float32(full[k]) for k in KEYS], 32, 32)
+  got = augment.apply_affine(jnp.asarray(image), matrix)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_parameters_are_drawn_in_keras_units(params):
+  theta, tx, ty = (np.asarray(params[k]) for k in ("theta", "tx", "ty"))
+  shear, zx, zy = (np.asarray(params[k]) for k in ("shear", "zx", "zy"))
+  # rotation_range=40 degrees: uniform over [-40, 40].
+  assert -40 <= theta.min() < -38 and 38 < theta.max() <= 40
+  # shift ranges 0.2 are fractions of the 32-pixel image: +-6.4 pixels.
+  for shift in (tx, ty):
+    assert -6.4 <= shift.min() < -6.0 and 6.0 < shift.max() <= 6.4
+  # shear_range=0.2 is in degrees (Keras' unit), not radians.
+  assert -0.2 <= shear.min() < -0.19 and 0.19 < shear.max() <= 0.2
+  # zoom_range=0.2: independent x and y factors in [0.8, 1.2].
+  for zoom in (zx, zy):
+    assert 0.8 <= zoom.min() < 0.82 and 1.18 < zoom.max() <= 1.2
+  assert abs(np.corrcoef(zx, zy)[0, 1]) < 0.1
+  flips = np.asarray(params["flip"]).mean()
+  assert 0.45 < flips < 0.55
+
+
+def test_zero_ranges_are_the_identity(images):
+  out = augment_batch(jax.random.key(2), images, NONE)
+  np.testing.assert_array_equal(out, images)
+
+
+def test_flip_only_flips_and_is_an_involution(images):
+  flip_only = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, True)
+  key = jax.random.key(3)
+  once = augment_batch(key, images, flip_only)
+  flipped = [not np.array_equal(a, b) for a, b in zip(once, images)]
+  assert 0 < sum(flipped) < len(images)
+  for a, b, f in zip(once, images, flipped):
+    np.testing.assert_array_equal(a, b[:, ::-1] if f else b)
+  twice = augment_batch(key, once, flip_only)
+  np.testing.assert_array_equal(twice, images)
+
+
+def test_shape_dtype_and_range_hold(images):
+  out = augment_batch(jax.random.key(4), images, REFERENCE)
+  assert out.shape == images.shape and out.dtype == images.dtype
+  # Bilinear sampling with edge fill mixes existing pixels only.
+  assert out.min() >= images.min() - 1e-6 and out.max() <= images.max() + 1e-6
+  assert not np.allclose(out, images)
+
+
+def test_seeds_reproduce_and_each_image_has_its_own_key(images):
+  a = augment_batch(jax.random.key(5), images, REFERENCE)
+  b = augment_batch(jax.random.key(5), images, REFERENCE)
+  c = augment_batch(jax.random.key(6), images, REFERENCE)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  # The transform of image i depends on (key, index i), not on its batch:
+  # augmenting the second half alone gives the same pixels.
+  half = augment_batch(
+    jax.random.key(5), images[32:], REFERENCE, jnp.arange(32, 64)
+  )
+  np.testing.assert_allclose(half, a[32:], rtol=1e-6, atol=1e-6)
+
+
+def test_a_shift_moves_content():
+  image = jnp.zeros((32, 32, 1)).at[10, 10].set(1.0)
+  # ty=-3 (width_shift) samples 3 rows up: the dot moves 3 rows down, as in
+  # Keras, whose axis swap makes its `ty` act on rows.
+  matrix = augment.affine_matrix(*map(jnp.float32, (0, 0, -3, 0, 1, 1)), 32, 32)
+  out = augment.apply_affine(image, matrix)
+  assert out[13, 10, 0] == 1.0 and out.sum() == 1.0

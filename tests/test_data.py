@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from densenet_jax import data, errors
+
+
+def make_split(n):
+  return data.Split(
+    np.arange(n * 2 * 2 * 3, dtype=np.uint8).reshape(n, 2, 2, 3) % 251,
+    np.arange(n, dtype=np.int32),
+  )
+
+
+def test_load_splits_train_validation_test_from_tfds():
+  with tfds.testing.mock_data(num_examples=120):
+    ds = data.load("cifar10", val_size=20, progress=False)
+    full_train = tfds.data_source("cifar10", split="train")
+    last = np.stack([full_train[i]["image"] for i in range(100, 120)])
+  assert [len(ds.splits[s]) for s in data.SPLITS] == [100, 20, 120]
+  assert ds.splits["train"].images.dtype == np.uint8
+  assert ds.splits["train"].images.shape[1:] == (32, 32, 3)
+  assert ds.num_classes == 10
+  # Validation is the *last* val_size training images.
+  np.testing.assert_array_equal(ds.splits["validation"].images, last)
+
+
+def test_load_train_size_and_bad_sizes():
+  with tfds.testing.mock_data(num_examples=120):
+    ds = data.load("cifar10", val_size=20, train_size=50, progress=False)
+    assert len(ds.splits["train"]) == 50
+    with pytest.raises(errors.UserError, match="val_size=200"):
+      data.load("cifar10", val_size=200, progress=False)
+    with pytest.raises(errors.UserError, match="train_size=101"):
+      data.load("cifar10", val_size=20, train_size=101, progress=False)
+
+
+def test_unknown_dataset_is_a_clear_error():
+  with pytest.raises(errors.UserError, match="unknown dataset 'mnist'"):
+    data.load("mnist")
+
+
+def test_tutorial_steps_per_epoch():
+  assert data.steps_per_epoch(45_000, 128) == 351
+
+
+def test_train_batches_shuffle_per_epoch_and_reproduce():
+  split = make_split(100)
+  epoch0 = [b["label"] for b in data.train_batches(split, 32, seed=1, epoch=0)]
+  again = [b["label"] for b in data.train_batches(split, 32, seed=1, epoch=0)]
+  epoch1 = [b["label"] for b in data.train_batches(split, 32, seed=1, epoch=1)]
+  assert len(epoch0) == 3  # the remainder of 4 is dropped
+  np.testing.assert_array_equal(np.concatenate(epoch0), np.concatenate(again))
+  assert not np.array_equal(np.concatenate(epoch0), np.concatenate(epoch1))
+  assert len(set(np.concatenate(epoch0).tolist())) == 96  # no repeats
+  resumed = [
+    b["label"] for b in data.train_batches(split, 32, 1, 0, start_step=2)
+  ]
+  np.testing.assert_array_equal(resumed[0], epoch0[2])
+
+
+def test_eval_batches_count_every_example_once():
+  split = make_split(10)
+  batches = list(data.eval_batches(split, 4))
+  assert [len(b["label"]) for b in batches] == [4, 4, 4]
+  mask = np.concatenate([b["mask"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  assert mask.sum() == 10
+  np.testing.assert_array_equal(labels[mask == 1], split.labels)
+
+
+def test_shard_splits_over_devices_or_refuses():
+  batch = {"x": np.zeros((8, 3)), "y": np.zeros(8)}
+  assert data.shard(batch, 4)["x"].shape == (4, 2, 3)
+  with pytest.raises(
+    errors.UserError, match="batch size 8 does not divide over 3 devices"
+  ):
+    data.shard(batch, 3)

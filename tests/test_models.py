@@ -1,0 +1,108 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from densenet_jax import errors, models
+
+
+def param_count(model):
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.ones((2, 32, 32, 3)))
+  )
+  return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+def test_reference_has_the_tutorials_parameter_count():
+  assert param_count(models.create_model("reference")) == 1_359_842
+
+
+def test_densenet_bc_100_k12_parameter_count():
+  assert param_count(models.create_model("densenet_bc_100_k12")) == 769_162
+
+
+def test_reference_shapes_and_channel_counts():
+  model = models.create_model("reference")
+  x = jnp.ones((2, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+  params = variables["params"]
+  # Blocks add 4, 8 and 16 layers of 32 channels; every transition halves.
+  expected = {
+    "transition0": (144, 72),
+    "transition1": (328, 164),
+    "transition2": (676, 338),
+  }
+  for name, (cin, cout) in expected.items():
+    assert params[name]["conv"]["kernel"].shape == (1, 1, cin, cout)
+  layer = params["block2"]["layer15"]
+  assert layer["conv1"]["kernel"].shape == (1, 1, 164 + 15 * 32, 64)
+  assert layer["conv2"]["kernel"].shape == (3, 3, 64, 32)
+  assert params["classifier"]["kernel"].shape == (338, 10)
+  # Only the stem convolution has a bias.
+  biased = [
+    path
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    if "conv" in jax.tree_util.keystr(path) and path[-1].key == "bias"
+  ]
+  assert [jax.tree_util.keystr(p) for p in biased] == ["['stem_conv']['bias']"]
+  out = jax.eval_shape(model.apply, variables, x)
+  assert out.shape == (2, 10)
+
+
+def test_batchnorm_epsilons_and_momentum_follow_keras():
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm):
+      module = context.module
+      seen["/".join(module.scope.path)] = (module.epsilon, module.momentum)
+    return next_fun(*args, **kwargs)
+
+  model = models.create_model("reference")
+  with nn.intercept_methods(record):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  assert seen.pop("stem_bn") == (1e-3, 0.99)  # Keras' default BatchNorm
+  # 2 per dense layer (28), 1 per transition (3), the final one.
+  assert len(seen) == 2 * 28 + 3 + 1
+  assert set(seen.values()) == {(1.001e-5, 0.99)}
+
+
+def test_eval_mode_leaves_batch_stats_unchanged_train_mode_updates():
+  model = models.create_model("tiny")
+  x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+  _, eval_updates = apply(variables, x, train=False, mutable=("batch_stats",))
+  same = jax.tree.map(
+    np.array_equal, eval_updates["batch_stats"], variables["batch_stats"]
+  )
+  assert all(jax.tree.leaves(same))
+  _, train_updates = apply(variables, x, train=True, mutable=("batch_stats",))
+  changed = jax.tree.map(
+    lambda a, b: not np.array_equal(a, b),
+    train_updates["batch_stats"],
+    variables["batch_stats"],
+  )
+  assert all(jax.tree.leaves(changed))
+
+
+def test_bfloat16_computes_in_bfloat16_keeps_float32_params():
+  model = models.create_model("tiny", dtype=jnp.bfloat16)
+  x = jnp.ones((2, 32, 32, 3))
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {
+    jnp.dtype(jnp.float32)
+  }
+  assert jax.eval_shape(model.apply, variables, x).dtype == jnp.float32
+
+
+def test_unknown_preset_is_a_clear_error():
+  with pytest.raises(errors.UserError, match="unknown model preset 'resnet'"):
+    models.create_model("resnet")
+
+
+def test_summary_lists_blocks_and_total():
+  table = models.summary(models.create_model("tiny"))
+  for name in ("stem_conv", "block0", "transition0", "classifier", "962"):
+    assert name in table

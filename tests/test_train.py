@@ -1,0 +1,191 @@
+"""Train step, eval, early stopping, checkpoints, interruption and resume."""
+
+import json
+import os
+import signal
+
+import flax.jax_utils
+import jax
+import numpy as np
+import pytest
+
+from densenet_jax import checkpointing, data, train
+
+
+def make_state(config, dataset):
+  model = train.create_model(config, dataset.num_classes, axis_name=train.AXIS)
+  return train.create_train_state(config, model, (32, 32, 3))
+
+
+def test_steps_on_a_fixed_batch_lower_the_loss(smoke_config, dataset):
+  p_train, _ = train.make_steps(None)
+  state = flax.jax_utils.replicate(make_state(smoke_config, dataset))
+  batch = next(data.train_batches(dataset.splits["train"], 32, 0, 0))
+  losses = []
+  for _ in range(8):
+    state, metrics = p_train(state, data.shard(batch, 1))
+    losses.append(float(metrics["loss"][0]))
+  assert losses[-1] < losses[0] - 0.1, losses
+  assert int(state.step[0]) == 8
+
+
+def test_eval_counts_every_example_once_with_a_padded_batch(
+  smoke_config, dataset
+):
+  _, p_eval = train.make_steps(None)
+  state = make_state(smoke_config, dataset)
+  split = dataset.splits["test"]  # 100 examples, batches of 48: 48+48+4
+  result = train.evaluate(p_eval, flax.jax_utils.replicate(state), split, 48)
+  logits = state.apply_fn(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    split.images / 255.0,
+  )
+  expected_loss = train.cross_entropy(logits, split.labels).mean()
+  expected_acc = (np.argmax(logits, -1) == split.labels).mean()
+  assert result["count"] == 100
+  np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
+  np.testing.assert_allclose(result["accuracy"], expected_acc)
+
+
+def test_batch_sizes_the_devices_cannot_split_are_refused(smoke_config):
+  smoke_config.batch_size = 33
+  with pytest.raises(
+    train.ConfigError, match="batch_size=33 does not divide over 2 devices"
+  ):
+    train.check_batch_sizes(smoke_config, 2)
+  smoke_config.batch_size = 0
+  with pytest.raises(train.ConfigError, match="batch_size=0 must be"):
+    train.check_batch_sizes(smoke_config, 1)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement():
+  meta = {"best_train_loss": None, "wait": 0, "stopped_early": False}
+  losses = [2.0, 1.5, 1.6, 1.5, 1.7, 1.55]  # best 1.5 at epoch 2
+  stopped = []
+  for loss in losses:
+    train._early_stopping(meta, loss, patience=4)
+    stopped.append(meta["stopped_early"])
+  assert stopped == [False] * 5 + [True]
+  meta = {"best_train_loss": None, "wait": 0, "stopped_early": False}
+  for loss in [2.0, 2.1, 2.2, 1.9, 2.0, 2.0, 2.0]:
+    train._early_stopping(meta, loss, patience=4)
+  assert not meta["stopped_early"]  # 1.9 reset the count
+
+
+def test_training_stops_early_end_to_end(
+  smoke_config, dataset, tmp_path, monkeypatch
+):
+  smoke_config.num_epochs = 10
+  real = train._early_stopping
+  monkeypatch.setattr(  # every epoch's loss is "no better"
+    train,
+    "_early_stopping",
+    lambda meta, loss, patience: real(meta, 1.0, patience),
+  )
+  result = train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  assert result["stopped_early"] and result["epochs"] == 5
+
+
+def test_best_checkpoint_only_when_validation_loss_improves(
+  smoke_config, dataset, tmp_path, monkeypatch
+):
+  smoke_config.num_epochs = 4
+  val_losses = iter([2.0, 2.5, 1.5, 1.7])
+  real_evaluate = train.evaluate
+
+  def scripted(p_eval, state, split, batch_size):
+    result = real_evaluate(p_eval, state, split, batch_size)
+    if split is dataset.splits["validation"]:
+      result["loss"] = next(val_losses)
+    return result
+
+  saves = []
+  real_save = checkpointing.Checkpoints.save
+
+  def spy(self, kind, state, meta):
+    saves.append((kind, int(state.step)))
+    return real_save(self, kind, state, meta)
+
+  monkeypatch.setattr(train, "evaluate", scripted)
+  monkeypatch.setattr(checkpointing.Checkpoints, "save", spy)
+  result = train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  assert [s for k, s in saves if k == "best"] == [4, 12]  # epochs 1 and 3
+  assert [s for k, s in saves if k == "latest"] == [4, 8, 12, 16]
+  assert result["checkpoint_step"] == 12  # the test score is the best's
+  assert os.listdir(tmp_path / "checkpoints" / "best") == ["12"]
+
+
+def latest_params(workdir, config, dataset):
+  ckpt = checkpointing.Checkpoints(workdir, read_only=True)
+  state, meta = ckpt.restore("latest", make_state(config, dataset))
+  ckpt.close()
+  return state, meta
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(
+  smoke_config, dataset, tmp_path, monkeypatch
+):
+  full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+  expected = train.train_and_evaluate(smoke_config, full_dir, dataset)
+
+  # Ctrl-C in the middle of epoch 2 (after its first batch, step 5).
+  real_batches = data.train_batches
+  served = {"n": 0}
+
+  def interrupting(*args, **kwargs):
+    for batch in real_batches(*args, **kwargs):
+      served["n"] += 1
+      if served["n"] == 6:
+        os.kill(os.getpid(), signal.SIGINT)
+      yield batch
+
+  monkeypatch.setattr(data, "train_batches", interrupting)
+  with pytest.raises(train.Interrupted, match="SIGINT received: saved step 6"):
+    train.train_and_evaluate(smoke_config, cut_dir, dataset)
+  state, meta = latest_params(cut_dir, smoke_config, dataset)
+  assert int(state.step) == 6 and len(meta["history"]) == 1
+  assert not (cut_dir / "test_result.json").exists()
+
+  monkeypatch.setattr(data, "train_batches", real_batches)
+  resumed = train.train_and_evaluate(smoke_config, cut_dir, dataset)
+  assert resumed == expected
+  a, meta_a = latest_params(full_dir, smoke_config, dataset)
+  b, meta_b = latest_params(cut_dir, smoke_config, dataset)
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    (a.params, a.batch_stats, a.opt_state, a.rng),
+    (b.params, b.batch_stats, b.opt_state, b.rng),
+  )
+  strip = [
+    {k: v for k, v in row.items() if k != "epoch_time_s"}
+    for row in meta_a["history"]
+  ]
+  assert strip == [
+    {k: v for k, v in row.items() if k != "epoch_time_s"}
+    for row in meta_b["history"]
+  ]
+  # The workdir holds everything a user looks at.
+  for name in ("metrics.csv", "curves.png", "test_result.json", "config.json"):
+    assert (cut_dir / name).is_file(), name
+  assert any((cut_dir / "tensorboard").iterdir())
+  lines = (cut_dir / "metrics.csv").read_text().splitlines()
+  assert lines[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy")
+  assert len(lines) == 3
+  assert (
+    json.loads((cut_dir / "test_result.json").read_text())["test_examples"]
+    == 100
+  )
+
+
+def test_finished_run_is_not_trained_again(smoke_config, dataset, tmp_path):
+  first = train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  again = train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  assert again == first
+
+
+def test_workdir_of_another_model_is_refused(smoke_config, dataset, tmp_path):
+  (tmp_path / "config.json").write_text(
+    json.dumps({"model": "reference", "dataset": "cifar10"})
+  )
+  with pytest.raises(train.ConfigError, match="model='reference'"):
+    train.train_and_evaluate(smoke_config, tmp_path, dataset)
