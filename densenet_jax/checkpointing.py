@@ -42,6 +42,11 @@ class Checkpoints:
           create=not read_only,
           read_only=read_only,
           cleanup_tmp_directories=not read_only,
+          # Both managers may save the same step at once; in multi-process
+          # runs their barriers must not share names.
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=kind
+          ),
         ),
         item_names=("state", "meta"),
       )

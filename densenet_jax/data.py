@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from densenet_jax import errors
 
-DATASETS = ("cifar10", "cifar100")
+DATASETS = ("cifar10", "cifar100", "synthetic")
+SYNTHETIC_SIZES = {"train": 1000, "test": 500}  # train includes validation
 SPLITS = ("train", "validation", "test")
 _READ_CHUNK = 5000
 
@@ -79,13 +80,19 @@ def load(
     raise errors.UserError(
       f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
     )
-  import tensorflow_datasets as tfds  # slow import, only when data is needed
+  if name == "synthetic":
+    full = synthetic_split(SYNTHETIC_SIZES["train"], seed=0)
+    test = synthetic_split(SYNTHETIC_SIZES["test"], seed=1)
+    class_names = [f"class{i}" for i in range(10)]
+  else:
+    import tensorflow_datasets as tfds  # slow import: only when data is needed
 
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-  train = tfds.data_source(name, split="train", data_dir=data_dir)
-  test = tfds.data_source(name, split="test", data_dir=data_dir)
-  class_names = list(train.dataset_info.features["label"].names)
-  full = _read_source(train, f"reading {name} train", progress)
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    source = tfds.data_source(name, split="train", data_dir=data_dir)
+    class_names = list(source.dataset_info.features["label"].names)
+    full = _read_source(source, f"reading {name} train", progress)
+    source = tfds.data_source(name, split="test", data_dir=data_dir)
+    test = _read_source(source, f"reading {name} test", progress)
   if not 0 < val_size < len(full):
     raise errors.UserError(
       f"val_size={val_size} must be between 1 and {len(full) - 1} "
@@ -100,7 +107,7 @@ def load(
   splits = {
     "train": Split(full.images[:n_train], full.labels[:n_train]),
     "validation": Split(full.images[-val_size:], full.labels[-val_size:]),
-    "test": _read_source(test, f"reading {name} test", progress),
+    "test": test,
   }
   return Dataset(name, splits, class_names)
 
@@ -110,6 +117,16 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
+def _process_slice(batch_size: int, process_index: int, process_count: int):
+  """The rows of a global batch that one process feeds to its devices."""
+  if batch_size % process_count:
+    raise errors.UserError(
+      f"batch size {batch_size} does not divide over {process_count} processes"
+    )
+  per_process = batch_size // process_count
+  return slice(process_index * per_process, (process_index + 1) * per_process)
+
+
 def train_batches(
   split: Split,
   batch_size: int,
@@ -117,33 +134,40 @@ def train_batches(
   epoch: int,
   start_step: int = 0,
   num_steps: int | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[dict]:
-  """Yields the shuffled full batches of one epoch, from `start_step` on.
+  """Yields this process's part of each shuffled global batch of one epoch.
 
   The order depends only on (seed, epoch), so a resumed run sees exactly the
-  batches an uninterrupted one would. Each batch carries `index`, the example's
-  position in the global batch, which keys its augmentation.
+  batches an uninterrupted one would, whatever the process count. Each batch
+  carries `index`, the example's position in the global batch, which keys its
+  augmentation: the same example is augmented the same way on any topology.
   """
   order = np.random.default_rng([seed, epoch]).permutation(len(split))
   num_steps = num_steps or steps_per_epoch(len(split), batch_size)
+  rows = _process_slice(batch_size, process_index, process_count)
+  positions = np.arange(batch_size, dtype=np.int32)[rows]
   for step in range(start_step, num_steps):
     # With more steps than fit in one permutation, wrap around.
-    idx = np.take(
-      order, np.arange(step * batch_size, (step + 1) * batch_size), mode="wrap"
-    )
+    idx = np.take(order, step * batch_size + positions, mode="wrap")
     yield {
       "image": split.images[idx],
       "label": split.labels[idx],
-      "index": np.arange(batch_size, dtype=np.int32),
+      "index": positions,
     }
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[dict]:
+def eval_batches(
+  split: Split, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict]:
   """Yields every example once, in order; the last batch is zero-padded.
 
   `mask` is 1 for real examples and 0 for padding, so scores computed as
-  mask-weighted sums count each example exactly once.
+  mask-weighted sums count each example exactly once. With several processes,
+  each gets its rows of every global batch.
   """
+  rows = _process_slice(batch_size, process_index, process_count)
   for start in range(0, len(split), batch_size):
     images = split.images[start : start + batch_size]
     labels = split.labels[start : start + batch_size]
@@ -155,7 +179,17 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[dict]:
       )
       labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
       mask = np.concatenate([mask, np.zeros(pad, np.float32)])
-    yield {"image": images, "label": labels, "mask": mask}
+    yield {"image": images[rows], "label": labels[rows], "mask": mask[rows]}
+
+
+def synthetic_split(n: int, num_classes: int = 10, seed: int = 0) -> Split:
+  """Random 32x32 RGB images whose brightness encodes the label: learnable,
+  deterministic, no download (tests, benchmarks, multi-process checks)."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, n).astype(np.int32)
+  base = (labels * (255 // num_classes))[:, None, None, None]
+  noise = rng.integers(0, 20, (n, 32, 32, 3))
+  return Split(np.clip(base + noise, 0, 255).astype(np.uint8), labels)
 
 
 def shard(batch: dict, num_devices: int) -> dict:

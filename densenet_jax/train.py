@@ -31,6 +31,7 @@ from densenet_jax import (
   checkpointing,
   configs,
   data,
+  distributed,
   errors,
   models,
   reporting,
@@ -160,11 +161,15 @@ def make_steps(augment_config):
 
 
 def evaluate(p_eval, state, split: data.Split, batch_size: int) -> dict:
-  """Loss and accuracy over every example of `split`, each counted once."""
-  n = jax.local_device_count()
+  """Loss and accuracy over every example of `split`, each counted once.
+
+  `batch_size` is global: each process feeds its rows of every batch to its
+  devices, and the step's psum adds up all processes' sums."""
   totals = None
-  for batch in data.eval_batches(split, batch_size):
-    sums = p_eval(state, data.shard(batch, n))
+  for batch in data.eval_batches(
+    split, batch_size, jax.process_index(), jax.process_count()
+  ):
+    sums = p_eval(state, data.shard(batch, jax.local_device_count()))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(jax.tree.map(lambda x: x[0], totals))
   return {
@@ -175,6 +180,7 @@ def evaluate(p_eval, state, split: data.Split, batch_size: int) -> dict:
 
 
 def check_batch_sizes(config, num_devices: int) -> None:
+  """Global batch sizes must be positive and split evenly over all devices."""
   for name in ("batch_size", "eval_batch_size"):
     value = config[name]
     if not isinstance(value, int) or value <= 0:
@@ -216,8 +222,41 @@ def _check_workdir_config(workdir: pathlib.Path, config) -> None:
           f"{workdir} holds a run with {key}={saved.get(key)!r}, not "
           f"{config[key]!r}; use another --workdir or the same {key}"
         )
-  workdir.mkdir(parents=True, exist_ok=True)
-  path.write_text(config.to_json(indent=2) + "\n")
+  if distributed.is_main_process():
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_json(indent=2) + "\n")
+
+
+def _log(*args) -> None:
+  if distributed.is_main_process():
+    print(*args, flush=True)
+
+
+class _Stopper:
+  """Decides, identically on every process, whether to stop at a step.
+
+  A signal may reach processes at different steps; one that stopped alone
+  would leave the others waiting in a collective. With several processes the
+  flags are compared every `every` steps; a single process stops at once."""
+
+  def __init__(self, flag: dict, every: int):
+    self.flag, self.every = flag, every if jax.process_count() > 1 else 1
+
+  def __call__(self, step: int, force: bool = False) -> bool:
+    if not force and step % self.every:
+      return False
+    return distributed.any_process(self.flag["stop"] is not None)
+
+
+def _new_meta() -> dict:
+  return {
+    "history": [],  # one metrics row per finished epoch
+    "partial": None,  # metric sums of an epoch interrupted midway
+    "best_val_loss": None,
+    "best_train_loss": None,
+    "wait": 0,  # epochs since the training loss last improved
+    "stopped_early": False,
+  }
 
 
 def train_and_evaluate(
@@ -227,12 +266,15 @@ def train_and_evaluate(
 ) -> dict:
   """Trains (resuming from workdir), then scores the best state on test."""
   workdir = pathlib.Path(workdir)
-  num_devices = jax.local_device_count()
-  check_batch_sizes(config, num_devices)
+  check_batch_sizes(config, jax.device_count())
   _check_workdir_config(workdir, config)
   if dataset is None:
     dataset = data.load(
-      config.dataset, config.data_dir, config.val_size, config.train_size
+      config.dataset,
+      config.data_dir,
+      config.val_size,
+      config.train_size,
+      progress=distributed.is_main_process(),
     )
   train_split = dataset.splits["train"]
   spe = config.steps_per_epoch or data.steps_per_epoch(
@@ -245,123 +287,66 @@ def train_and_evaluate(
     )
   model = create_model(config, dataset.num_classes, axis_name=AXIS)
   state = create_train_state(config, model, train_split.images.shape[1:])
-  print(models.summary(model, train_split.images.shape[1:]))
+  _log(models.summary(model, train_split.images.shape[1:]))
+  _log(
+    f"{jax.process_count()} process(es), {jax.device_count()} device(s) "
+    f"({jax.devices()[0].platform}); global batch {config.batch_size}"
+  )
 
   ckpt = checkpointing.Checkpoints(workdir)
-  meta = {
-    "history": [],
-    "partial": None,
-    "best_val_loss": None,
-    "best_train_loss": None,
-    "wait": 0,
-    "stopped_early": False,
-  }
+  meta = _new_meta()
   restored = ckpt.restore("latest", state)
   if restored:
     state, meta = restored
-    print(
+    _log(
       f"resuming from step {int(state.step)} "
       f"({len(meta['history'])} epochs done)"
     )
-  history = meta["history"]
   augment_config = (
     augment.AugmentConfig.from_config(config.augment)
     if config.augment.enabled
     else None
   )
   p_train, p_eval = make_steps(augment_config)
-  reporter = reporting.Reporter(
-    workdir, title=f"{config.model} on {config.dataset}"
+  reporter = (
+    reporting.Reporter(workdir, title=f"{config.model} on {config.dataset}")
+    if distributed.is_main_process()
+    else None
   )
   rstate = flax.jax_utils.replicate(state)
-  step = int(state.step)
   try:
     with stop_on_signals() as flag:
-      while len(history) < config.num_epochs and not meta["stopped_early"]:
-        epoch = len(history)
-        offset = step - epoch * spe
-        partial = meta["partial"] or {"loss": 0.0, "accuracy": 0.0, "steps": 0}
-        sums = {k: jnp.asarray(partial[k]) for k in ("loss", "accuracy")}
-        done = partial["steps"]
-        start = time.perf_counter()
-        bar = tqdm(
-          total=spe,
-          initial=offset,
-          desc=f"epoch {epoch + 1}/{config.num_epochs}",
-          unit="step",
-          dynamic_ncols=True,
+      stopper = _Stopper(flag, config.log_every_steps)
+      while len(meta["history"]) < config.num_epochs:
+        if meta["stopped_early"]:
+          break
+        rstate, stopped = _train_epoch(
+          config, p_train, rstate, train_split, spe, meta, stopper
         )
-        for batch in data.train_batches(
-          train_split, config.batch_size, config.seed, epoch, offset, spe
-        ):
-          rstate, metrics = p_train(rstate, data.shard(batch, num_devices))
-          sums = jax.tree.map(lambda s, m: s + m[0], sums, metrics)
-          step, done = step + 1, done + 1
-          bar.update(1)
-          if done % config.log_every_steps == 0 or step % spe == 0:
-            means = {k: float(v) / done for k, v in sums.items()}
-            if not np.isfinite(means["loss"]):
-              raise FloatingPointError(
-                f"training loss is {means['loss']} at step {step} "
-                f"(epoch {epoch + 1}); lower the learning rate"
-              )
-            bar.set_postfix(
-              loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.4f}"
-            )
-          if flag["stop"]:
-            break
-        bar.close()
-        meta["partial"] = {
-          "loss": float(sums["loss"]),
-          "accuracy": float(sums["accuracy"]),
-          "steps": done,
-        }
-        if flag["stop"]:
-          raise Interrupted(flag["stop"])
+        if stopped:
+          raise Interrupted(flag["stop"] or "a signal to another process")
         state = jax.device_get(flax.jax_utils.unreplicate(rstate))
         val = evaluate(
           p_eval, rstate, dataset.splits["validation"], config.eval_batch_size
         )
-        row = {
-          "epoch": epoch + 1,
-          "loss": meta["partial"]["loss"] / done,
-          "accuracy": meta["partial"]["accuracy"] / done,
-          "val_loss": val["loss"],
-          "val_accuracy": val["accuracy"],
-          "learning_rate": float(state.opt_state.hyperparams["learning_rate"]),
-          "epoch_time_s": time.perf_counter() - start,
-        }
-        history.append(row)
-        meta["partial"] = None
-        print(
-          f"epoch {row['epoch']}: loss {row['loss']:.4f} accuracy "
-          f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} "
-          f"val_accuracy {row['val_accuracy']:.4f} "
-          f"({row['epoch_time_s']:.1f} s)"
-        )
-        _early_stopping(meta, row["loss"], config.early_stopping_patience)
-        if meta["best_val_loss"] is None or val["loss"] < meta["best_val_loss"]:
-          meta["best_val_loss"] = val["loss"]
-          ckpt.save("best", state, meta)
-          print(f"  val_loss improved: saved the best checkpoint (step {step})")
-        ckpt.save("latest", state, meta)
-        reporter.epoch_end(history)
-        if flag["stop"]:
-          raise Interrupted(flag["stop"])
+        _end_epoch(config, state, val, meta, ckpt, reporter)
+        if stopper(int(state.step), force=True):
+          raise Interrupted(flag["stop"] or "a signal to another process")
   except Interrupted as stop:
     state = jax.device_get(flax.jax_utils.unreplicate(rstate))
     ckpt.save("latest", state, meta)
     ckpt.wait()
     ckpt.close()
-    reporter.close()
+    if reporter:
+      reporter.close()
     raise Interrupted(
-      f"{stop} received: saved step {step} to {ckpt.root / 'latest'}; "
-      "run the same command to resume"
+      f"{stop} received: saved step {int(state.step)} to "
+      f"{ckpt.root / 'latest'}; run the same command to resume"
     ) from None
   ckpt.wait()
   if meta["stopped_early"]:
-    print(
-      f"early stopping: training loss did not improve for "
+    _log(
+      "early stopping: training loss did not improve for "
       f"{config.early_stopping_patience} epochs"
     )
   best = ckpt.restore("best", state)
@@ -378,17 +363,106 @@ def train_and_evaluate(
     "test_accuracy": test["accuracy"],
     "test_examples": test["count"],
     "checkpoint_step": int(state.step),
-    "epochs": len(history),
+    "epochs": len(meta["history"]),
     "stopped_early": meta["stopped_early"],
   }
-  reporter.write_json("test_result.json", result)
-  reporter.close()
   ckpt.close()
-  print(
+  if reporter:
+    reporter.write_json("test_result.json", result)
+    reporter.close()
+  _log(
     f"test: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} "
     f"({test['count']} images, checkpoint of step {int(state.step)})"
   )
   return result
+
+
+def _train_epoch(config, p_train, rstate, split, spe, meta, stopper):
+  """Runs the rest of the current epoch (all of it unless resumed midway),
+  keeping the metric sums in meta["partial"]; returns (state, stopped)."""
+  epoch = len(meta["history"])
+  step = int(rstate.step[0])
+  offset = step - epoch * spe
+  partial = meta["partial"] or {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+  sums = {k: jnp.asarray(partial[k]) for k in ("loss", "accuracy")}
+  done = partial["steps"]
+  start = time.perf_counter() - partial.get("seconds", 0.0)
+  bar = tqdm(
+    total=spe,
+    initial=offset,
+    desc=f"epoch {epoch + 1}/{config.num_epochs}",
+    unit="step",
+    dynamic_ncols=True,
+    disable=not distributed.is_main_process(),
+  )
+  batches = data.train_batches(
+    split,
+    config.batch_size,
+    config.seed,
+    epoch,
+    offset,
+    spe,
+    jax.process_index(),
+    jax.process_count(),
+  )
+  stopped = False
+  for batch in batches:
+    rstate, metrics = p_train(
+      rstate, data.shard(batch, jax.local_device_count())
+    )
+    sums = jax.tree.map(lambda s, m: s + m[0], sums, metrics)
+    step, done = step + 1, done + 1
+    bar.update(1)
+    if done % config.log_every_steps == 0 or done + offset == spe:
+      means = {k: float(v) / done for k, v in sums.items()}
+      if not np.isfinite(means["loss"]):
+        raise FloatingPointError(
+          f"training loss is {means['loss']} at step {step} "
+          f"(epoch {epoch + 1}); lower the learning rate"
+        )
+      bar.set_postfix(
+        loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.4f}"
+      )
+    if step % spe and stopper(step):
+      stopped = True
+      break
+  bar.close()
+  meta["partial"] = {
+    "loss": float(sums["loss"]),
+    "accuracy": float(sums["accuracy"]),
+    "steps": done,
+    "seconds": time.perf_counter() - start,
+  }
+  return rstate, stopped
+
+
+def _end_epoch(config, state, val, meta, ckpt, reporter) -> None:
+  """Records the epoch, applies early stopping, saves best and latest."""
+  partial, history = meta["partial"], meta["history"]
+  row = {
+    "epoch": len(history) + 1,
+    "loss": partial["loss"] / partial["steps"],
+    "accuracy": partial["accuracy"] / partial["steps"],
+    "val_loss": val["loss"],
+    "val_accuracy": val["accuracy"],
+    "learning_rate": float(state.opt_state.hyperparams["learning_rate"]),
+    "epoch_time_s": partial["seconds"],
+  }
+  history.append(row)
+  meta["partial"] = None
+  _log(
+    f"epoch {row['epoch']}: loss {row['loss']:.4f} accuracy "
+    f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} "
+    f"val_accuracy {row['val_accuracy']:.4f} ({row['epoch_time_s']:.1f} s)"
+  )
+  _early_stopping(meta, row["loss"], config.early_stopping_patience)
+  if meta["best_val_loss"] is None or val["loss"] < meta["best_val_loss"]:
+    meta["best_val_loss"] = val["loss"]
+    ckpt.save("best", state, meta)
+    _log(f"  val_loss improved: saved the best checkpoint (step {state.step})")
+  ckpt.save("latest", state, meta)
+  if reporter:
+    reporter.epoch_end(history)
 
 
 def _early_stopping(meta: dict, loss: float, patience: int) -> None:
@@ -435,6 +509,14 @@ def parse_config(argv=None):
     help="override any config field, e.g. --set "
     "augment.enabled=False (repeatable)",
   )
+  group = parser.add_argument_group(
+    "multi-process runs",
+    "one process per host; JAX_COORDINATOR_ADDRESS, SLURM and Open MPI "
+    "launches are detected without these flags",
+  )
+  group.add_argument("--coordinator-address", metavar="HOST:PORT")
+  group.add_argument("--num-processes", type=int)
+  group.add_argument("--process-id", type=int)
   args = parser.parse_args(argv)
   config = configs.load(args.config)
   for key in (
@@ -454,13 +536,16 @@ def parse_config(argv=None):
       f"unknown model {config.model!r}; choose one of "
       f"{', '.join(models.PRESETS)}"
     )
-  return args.workdir, config
+  return args, config
 
 
 def main(argv=None):
   try:
-    workdir, config = parse_config(argv)
-    train_and_evaluate(config, workdir)
+    args, config = parse_config(argv)
+    distributed.initialize(
+      args.coordinator_address, args.num_processes, args.process_id
+    )
+    train_and_evaluate(config, args.workdir)
   except Interrupted as stop:
     sys.exit(f"interrupted: {stop}")
   except (errors.UserError, FloatingPointError) as err:

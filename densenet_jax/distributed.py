@@ -1,0 +1,56 @@
+"""JAX's multi-process runtime: start it when the run is one of several.
+
+One process per host (or per GPU): each feeds its local devices its rows of
+every global batch, the pmapped step's collectives span all devices of all
+processes, and process 0 alone writes logs, metrics and plots.
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from densenet_jax import errors
+
+
+def launched_as_several() -> bool:
+  """True when the environment says this is one of several processes."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  return any(
+    int(os.environ.get(var, "1") or 1) > 1
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+  )
+
+
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
+  """Calls jax.distributed.initialize when flags or the environment (JAX's
+  variables, SLURM, Open MPI) describe a multi-process run."""
+  given = (coordinator_address, num_processes, process_id)
+  if all(v is None for v in given) and not launched_as_several():
+    return
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (ValueError, RuntimeError) as err:
+    raise errors.UserError(
+      f"cannot start the multi-process runtime (coordinator "
+      f"{coordinator_address}, {num_processes} processes, id {process_id}): "
+      f"{str(err).splitlines()[0]}"
+    ) from err
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if it is True on any (a host-side collective)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
