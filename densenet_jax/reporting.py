@@ -40,6 +40,7 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
   epochs = [row["epoch"] for row in history]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -52,6 +53,7 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
       label=f"validation {key}",
     )
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
     ax.legend()
