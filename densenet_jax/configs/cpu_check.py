@@ -1,0 +1,36 @@
+"""A learning check on a CPU: real CIFAR-10 in at most 20 minutes.
+
+    python -m densenet_jax.train --config cpu_check --workdir runs/cpu_check
+
+Result: see experiments/results/cpu_check/ (PROVISIONAL).
+"""
+
+from densenet_jax.configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model = "cpu_small"
+  for name in ("rotation_range_deg", "width_shift_range", "height_shift_range"):
+    config.augment[name] = 0.0
+  config.augment.shear_range_deg = 0.0
+  config.augment.zoom_range = 0.0
+  config.augment.horizontal_flip = True
+  config.augment.crop_padding_px = 0
+
+  config.optimizer = "sgd"
+  config.momentum = 0.9
+  config.nesterov = True
+  config.learning_rate = 0.2
+  config.lr_schedule = "onecycle"
+  config.warmup_epochs = 0.5
+  config.weight_decay = 5e-3
+  config.weight_decay_mode = "decoupled"
+  config.label_smoothing = 0.1
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.num_epochs = 4
+  config.early_stopping_patience = 0
+  config.test_every_epoch = True
+  config.log_every_steps = 50
+  return config
