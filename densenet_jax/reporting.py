@@ -73,6 +73,7 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     for key in ("val_accuracy", "test_accuracy"):
       label = "validation" if key == "val_accuracy" else "test"
       ax.plot(minutes, [row[key] for row in history], "o-", label=label)
+    ax.set_xlim(left=0)
     ax.set_xlabel("wall time (minutes)")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)

@@ -17,6 +17,7 @@ def get_config():
   config.augment.zoom_range = 0.0
   config.augment.horizontal_flip = True
   config.augment.crop_padding_px = 0
+  config.val_size = 1000  # 49,000 training images
 
   config.optimizer = "sgd"
   config.momentum = 0.9
@@ -31,6 +32,7 @@ def get_config():
   config.eval_batch_size = 1000
   config.num_epochs = 4
   config.early_stopping_patience = 0
+  config.tta_flip = True
   config.test_every_epoch = True
   config.log_every_steps = 50
   return config
