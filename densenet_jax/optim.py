@@ -143,7 +143,31 @@ def create_optimizer(config, steps_per_epoch: int = 1):
       f"weight_decay={settings.weight_decay} needs optimizer='sgd'"
     )
   learning_rate_schedule(settings, steps_per_epoch)  # fails early if wrong
+  settings, steps_per_epoch = _relevant(settings, steps_per_epoch)
   return _cached_optimizer(settings, steps_per_epoch)
+
+
+def _relevant(settings: OptimizerConfig, steps_per_epoch: int):
+  """Resets the fields this optimizer ignores to their defaults, so that,
+  say, two Adam runs of different lengths share one optimizer object."""
+  default = OptimizerConfig()
+  ignored = []
+  if settings.optimizer == "adam":
+    ignored += ["momentum", "nesterov", "weight_decay_mode"]
+    ignored += ["weight_decay_kernels_only"]
+  else:
+    ignored += ["adam_b1", "adam_b2", "adam_eps"]
+  if settings.lr_schedule != "step":
+    ignored += ["lr_step_fractions", "lr_step_factor"]
+  if settings.lr_schedule in ("constant", "step"):
+    ignored += ["final_lr_fraction"]
+  if settings.lr_schedule == "constant" and not settings.warmup_epochs:
+    ignored += ["num_epochs"]
+    steps_per_epoch = 1
+  settings = dataclasses.replace(
+    settings, **{name: getattr(default, name) for name in ignored}
+  )
+  return settings, steps_per_epoch
 
 
 # Optimizers are static parts of the TrainState, hence of the compiled steps'

@@ -120,6 +120,11 @@ def main():
   out = pathlib.Path(args.results) / args.name
   out.mkdir(parents=True, exist_ok=True)
 
+  # The code that runs is the code of now, whatever changes meanwhile.
+  commit = git("rev-parse", "HEAD")
+  changed = git(
+    "status", "--porcelain", "--", "densenet_jax", ":(glob)experiments/*.*"
+  )
   sampler = LoadSampler()
   sampler.start()
   started = time.time()
@@ -142,7 +147,6 @@ def main():
   test = json.loads(test_path.read_text()) if test_path.exists() else None
   config_path = workdir / "config.json"
   config = json.loads(config_path.read_text()) if config_path.exists() else None
-  changed = git("status", "--porcelain", "--", "densenet_jax")
   start_time = datetime.datetime.fromtimestamp(started)
   rows = history(workdir)
   samples = sampler.samples or [start_load[0]]
@@ -153,7 +157,7 @@ def main():
     "stopped_at_time_limit": timed_out,
     "started": start_time.isoformat(" ", "seconds"),
     "wall_time_s": round(wall, 1),
-    "commit": git("rev-parse", "HEAD"),
+    "commit": commit,
     "uncommitted_changes": bool(changed),
     "hardware": hardware(),
     "load_average_1m": {

@@ -128,10 +128,15 @@ def test_coupled_decay_goes_through_momentum_decoupled_does_not():
 
 
 def test_equal_settings_give_the_identical_optimizer():
-  a = optim.create_optimizer(schedule_config(optimizer="sgd"), SPE)
-  b = optim.create_optimizer(schedule_config(optimizer="sgd"), SPE)
-  c = optim.create_optimizer(schedule_config(optimizer="sgd"), SPE + 1)
+  cosine = dict(optimizer="sgd", lr_schedule="cosine")
+  a = optim.create_optimizer(schedule_config(**cosine), SPE)
+  b = optim.create_optimizer(schedule_config(**cosine), SPE)
+  c = optim.create_optimizer(schedule_config(**cosine), SPE + 1)
   assert a is b and a is not c
+  # Fields the optimizer ignores do not make another one (nor recompile).
+  adam = optim.create_optimizer(schedule_config(), SPE)
+  longer = optim.create_optimizer(schedule_config(num_epochs=50), SPE + 1)
+  assert adam is longer
 
 
 @pytest.mark.parametrize(
