@@ -7,25 +7,31 @@
 #
 #   bash experiments/gpu_recipes.sh [--quick] [--minutes M] [RECIPE ...]
 #
-# --minutes M  per-recipe limit (default 4.5: two recipes fit one 10-minute
-#              command); at the limit the trainer saves and stops, and the
-#              same command later resumes the runs where they stopped.
+# --minutes M  per-recipe limit (default 4.25: two recipes and the set-up
+#              fit one 10-minute command); at the limit the trainer saves and
+#              stops, and the same command later resumes the runs (and their
+#              wall-time clocks) where they stopped.
 # --quick      a CPU rehearsal of the whole script (tiny model, synthetic
 #              data, 2 epochs, results in /tmp): checks the plumbing only.
 #
 # On the device machine (no network, no TFDS, no ml_collections or
 # tensorboardX in its image), first prepare the carried folder here:
 #
-#   bash experiments/gpu_recipes.sh --prepare      # fills .gpu_carry/
+#   PYTHON=.venv/bin/python bash experiments/gpu_recipes.sh --prepare
 #
-# then run with the device tool: command
-#   "PYTHONUNBUFFERED=1 bash experiments/gpu_recipes.sh --minutes 4.5"
-# with carry [".gpu_carry"]; the results come back as $OUT/gpu_results.tgz.
+# (wheels of ml_collections and tensorboardX, the JPEG CIFAR-10 archive and
+# its converter from ../shared/data: 19 MB in .gpu_carry/), then run with
+# the device tool: command
+#   "PYTHONUNBUFFERED=1 bash experiments/gpu_recipes.sh"
+# with carry [".gpu_carry"] and timeout_s 600; the results come back as
+# $OUT/gpu_results.tgz: unpack it into experiments/results/ and commit.
+# Checked here on CPU only (--quick, and the .npz data path); never run on
+# a GPU yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 CARRY=.gpu_carry
-minutes=4.5
+minutes=4.25
 quick=0
 recipes=()
 while (($#)); do
