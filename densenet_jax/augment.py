@@ -25,6 +25,16 @@ This module reproduces its semantics, following
   (Keras' interpolation_order=1) with 'nearest' fill (edge pixels extend);
 - then a horizontal flip with probability 1/2.
 
+Beyond the tutorial, for the paper's and fast recipes (0 turns each off):
+
+- `crop_padding_px`: the image zero-padded by that many pixels on each side,
+  then cropped back to its size at a uniform random offset (the DenseNet
+  paper's "random crop" with 4-pixel padding), before the flip;
+- `cutout_size_px`: a square of that side, centred on a uniform random pixel
+  and clipped at the borders, set to 0 (DeVries & Taylor, 2017), last.
+
+With all of Keras' ranges at 0 the affine resampling is skipped.
+
 Each image's randomness comes from its own key, so a batch is augmented the
 same way however it is split over devices.
 """
@@ -45,10 +55,26 @@ class AugmentConfig:
   shear_range_deg: float = 0.2
   zoom_range: float = 0.2
   horizontal_flip: bool = True
+  crop_padding_px: int = 0
+  cutout_size_px: int = 0
 
   @classmethod
   def from_config(cls, config) -> "AugmentConfig":
-    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+    return cls(
+      **{f.name: config.get(f.name, f.default) for f in dataclasses.fields(cls)}
+    )
+
+  @property
+  def has_affine(self) -> bool:
+    return any(
+      (
+        self.rotation_range_deg,
+        self.width_shift_range,
+        self.height_shift_range,
+        self.shear_range_deg,
+        self.zoom_range,
+      )
+    )
 
 
 def random_transform(key, config: AugmentConfig, height: int, width: int):
@@ -132,15 +158,43 @@ def apply_affine(image, matrix):
   return (top * (1 - wr) + bottom * wr).astype(image.dtype)
 
 
+def random_crop(key, image, padding: int):
+  """A crop of `image` zero-padded by `padding` pixels, at a random offset."""
+  height, width, channels = image.shape
+  padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  row, col = jax.random.randint(key, (2,), 0, 2 * padding + 1)
+  return jax.lax.dynamic_slice(padded, (row, col, 0), (height, width, channels))
+
+
+def cutout(key, image, size: int):
+  """`image` with a size x size square around a random pixel set to 0."""
+  height, width = image.shape[:2]
+  row, col = jax.random.randint(key, (2,), 0, jnp.array([height, width]))
+  top, left = row - size // 2, col - size // 2
+  rows = jnp.arange(height)[:, None]
+  cols = jnp.arange(width)[None, :]
+  inside = (rows >= top) & (rows < top + size) & (cols >= left)
+  inside &= cols < left + size
+  return jnp.where(inside[..., None], jnp.zeros_like(image), image)
+
+
 def augment_image(key, image, config: AugmentConfig):
-  """One random ImageDataGenerator transform of one float (H, W, C) image."""
+  """One random transform of one float (H, W, C) image: ImageDataGenerator's,
+  then crop, flip and cutout as configured."""
   height, width = image.shape[:2]
   p = random_transform(key, config, height, width)
-  matrix = affine_matrix(
-    p["theta"], p["tx"], p["ty"], p["shear"], p["zx"], p["zy"], height, width
-  )
-  image = apply_affine(image, matrix)
-  return jnp.where(p["flip"], image[:, ::-1], image)
+  if config.has_affine:
+    matrix = affine_matrix(
+      p["theta"], p["tx"], p["ty"], p["shear"], p["zx"], p["zy"], height, width
+    )
+    image = apply_affine(image, matrix)
+  if config.crop_padding_px:
+    crop_key = jax.random.fold_in(key, 1)
+    image = random_crop(crop_key, image, config.crop_padding_px)
+  image = jnp.where(p["flip"], image[:, ::-1], image)
+  if config.cutout_size_px:
+    image = cutout(jax.random.fold_in(key, 2), image, config.cutout_size_px)
+  return image
 
 
 def augment_batch(key, images, config: AugmentConfig, indices=None):

@@ -9,9 +9,12 @@ Two managers, kept apart so that neither can delete what the other needs
   test evaluation and `densenet_jax.evaluate` use.
 
 Each checkpoint holds the train state as a state dict (params, batch_stats,
-opt_state, step, rng) and a JSON `meta` item (epoch history, early-stopping
-counters). Orbax writes into a temporary directory and renames it when
-complete, so an interrupted save never leaves a checkpoint that looks whole.
+opt_state, step, rng, and ema when the run keeps an average of the weights:
+fields that are None are left out, so a run without one has the structure
+of the runs before that field existed) and a JSON `meta` item (epoch
+history, early-stopping counters). Orbax writes into a temporary directory
+and renames it when complete, so an interrupted save never leaves a
+checkpoint that looks whole.
 """
 
 import pathlib
@@ -27,6 +30,12 @@ KINDS = ("latest", "best")
 
 class CheckpointError(errors.UserError):
   """A checkpoint that is missing, unreadable or of another model."""
+
+
+def _state_dict(state) -> dict:
+  """The state's fields as a dict, those that are None left out."""
+  full = flax.serialization.to_state_dict(state)
+  return {k: v for k, v in full.items() if v is not None}
 
 
 class Checkpoints:
@@ -65,7 +74,7 @@ class Checkpoints:
     manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+        state=ocp.args.StandardSave(_state_dict(state)),
         meta=ocp.args.JsonSave(meta),
       ),
     )
@@ -81,8 +90,7 @@ class Checkpoints:
     if step is None:
       return None
     target = jax.tree.map(
-      ocp.utils.to_shape_dtype_struct,
-      flax.serialization.to_state_dict(template),
+      ocp.utils.to_shape_dtype_struct, _state_dict(template)
     )
     try:
       restored = manager.restore(
@@ -96,7 +104,10 @@ class Checkpoints:
         f"cannot restore the {kind} checkpoint {self.root / kind / str(step)}"
         f": {type(err).__name__}: {str(err).splitlines()[0][:300]}"
       ) from err
-    state = flax.serialization.from_state_dict(template, restored.state)
+    full = flax.serialization.to_state_dict(template)
+    state = flax.serialization.from_state_dict(
+      template, {k: restored.state.get(k) for k in full}
+    )
     return state, restored.meta
 
   def wait(self) -> None:

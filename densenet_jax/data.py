@@ -75,7 +75,8 @@ def load(
   train_size: int | None = None,
   progress: bool = True,
 ) -> Dataset:
-  """Loads `name` from TFDS (downloading it if needed) into memory."""
+  """Loads `name` from TFDS (downloading it if needed) into memory; a
+  `data_dir` ending in .npz is read with numpy instead."""
   if name not in DATASETS:
     raise errors.UserError(
       f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
@@ -84,6 +85,8 @@ def load(
     full = synthetic_split(SYNTHETIC_SIZES["train"], seed=0)
     test = synthetic_split(SYNTHETIC_SIZES["test"], seed=1)
     class_names = [f"class{i}" for i in range(10)]
+  elif str(data_dir or "").endswith(".npz"):
+    full, test, class_names = _load_npz(name, data_dir)
   else:
     import tensorflow_datasets as tfds  # slow import: only when data is needed
 
@@ -110,6 +113,38 @@ def load(
     "test": test,
   }
   return Dataset(name, splits, class_names)
+
+
+CIFAR10_CLASSES = (
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+)
+
+
+def _load_npz(name: str, path) -> tuple:
+  """Arrays x_train, y_train, x_test, y_test from an .npz file (e.g. from
+  ../shared/data/make_tfds_cifar10.py --npz): for machines without TFDS."""
+  try:
+    arrays = np.load(path)
+    full = Split(arrays["x_train"], arrays["y_train"].astype(np.int32))
+    test = Split(arrays["x_test"], arrays["y_test"].astype(np.int32))
+  except (OSError, KeyError) as err:
+    raise errors.UserError(
+      f"cannot read {name} from {path} (an .npz with x_train, y_train, "
+      f"x_test, y_test): {err}"
+    ) from err
+  num_classes = int(max(full.labels.max(), test.labels.max())) + 1
+  if name == "cifar10" and num_classes <= 10:
+    return full, test, list(CIFAR10_CLASSES)
+  return full, test, [f"class{i}" for i in range(num_classes)]
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

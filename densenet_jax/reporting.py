@@ -12,7 +12,16 @@ COLUMNS = (
   "val_accuracy",
   "learning_rate",
   "epoch_time_s",
+  "wall_time_s",  # since the run started, compilation and evaluation included
+  "test_loss",  # with test_every_epoch only
+  "test_accuracy",
 )
+
+
+def _columns(history: list[dict]) -> list[str]:
+  """The COLUMNS every row has (runs without per-epoch test scores, rows
+  written before wall_time_s existed)."""
+  return [c for c in COLUMNS if all(c in row for row in history)]
 
 
 def write_metrics_csv(path, history: list[dict]) -> None:
@@ -20,7 +29,7 @@ def write_metrics_csv(path, history: list[dict]) -> None:
   path = pathlib.Path(path)
   tmp = path.with_suffix(".tmp")
   with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(f, _columns(history), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
   tmp.replace(path)
@@ -35,7 +44,8 @@ def read_metrics_csv(path) -> list[dict]:
 
 
 def plot_curves(history: list[dict], path, title: str = "") -> None:
-  """Saves the tutorial's plot: loss and accuracy, training and validation."""
+  """Saves the tutorial's plot: loss and accuracy, training and validation;
+  with per-epoch test scores, a third panel: accuracy against wall time."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -43,7 +53,9 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
   from matplotlib.ticker import MaxNLocator
 
   epochs = [row["epoch"] for row in history]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  timed = "test_accuracy" in _columns(history) and "wall_time_s" in history[0]
+  panels = 3 if timed else 2
+  fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
   for ax, key in zip(axes, ("loss", "accuracy")):
     ax.plot(epochs, [row[key] for row in history], "o-", label=f"train {key}")
     ax.plot(
@@ -55,6 +67,17 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if timed:
+    ax = axes[2]
+    minutes = [row["wall_time_s"] / 60 for row in history]
+    for key in ("val_accuracy", "test_accuracy"):
+      label = "validation" if key == "val_accuracy" else "test"
+      ax.plot(minutes, [row[key] for row in history], "o-", label=label)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("wall time (minutes)")
+    ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
   if title:
@@ -76,7 +99,7 @@ class Reporter:
 
   def epoch_end(self, history: list[dict]) -> None:
     row = history[-1]
-    for key in COLUMNS[1:]:
+    for key in _columns(history)[1:]:
       self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
     self.writer.flush()
     write_metrics_csv(self.workdir / "metrics.csv", history)

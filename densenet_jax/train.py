@@ -9,6 +9,7 @@ same command again continues from that step with identical results.
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import pathlib
@@ -34,6 +35,7 @@ from densenet_jax import (
   distributed,
   errors,
   models,
+  optim,
   reporting,
 )
 
@@ -43,6 +45,22 @@ AXIS = "batch"  # the pmapped device axis
 class TrainState(train_state.TrainState):
   batch_stats: Any
   rng: jax.Array  # raw uint32 key data: per-step keys are fold_in(rng, step)
+  # {"params", "batch_stats"} averaged over steps, or None (no averaging).
+  ema: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """Static settings of the steps beyond augmentation (hashable: part of
+  make_steps' cache key)."""
+
+  label_smoothing: float = 0.0  # training loss only
+  ema_decay: float = 0.0  # used only when the state has `ema`
+  tta_flip: bool = False  # eval on the mean logits of image and mirror
+
+  @classmethod
+  def from_config(cls, config) -> "StepOptions":
+    return cls(config.label_smoothing, config.ema_decay, config.tta_flip)
 
 
 class Interrupted(Exception):
@@ -70,21 +88,11 @@ def _cached_model(preset, num_classes, dtype, axis_name):
   )
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
-  """Adam with Keras' defaults unless the config says otherwise."""
-  return _cached_adam(
-    config.learning_rate, config.adam_b1, config.adam_b2, config.adam_eps
-  )
-
-
-@functools.lru_cache(maxsize=None)
-def _cached_adam(learning_rate, b1, b2, eps):
-  return optax.inject_hyperparams(optax.adam)(
-    learning_rate=learning_rate, b1=b1, b2=b2, eps=eps
-  )
-
-
-def create_train_state(config, model, image_shape) -> TrainState:
+def create_train_state(
+  config, model, image_shape, steps_per_epoch: int = 1
+) -> TrainState:
+  """Fresh state; `steps_per_epoch` sizes the learning-rate schedule (any
+  value will do for a template that only restores a checkpoint)."""
   key = jax.random.key(config.seed)
   variables = jax.jit(functools.partial(model.init, train=False))(
     key, jnp.zeros((1,) + tuple(image_shape), jnp.float32)
@@ -93,16 +101,36 @@ def create_train_state(config, model, image_shape) -> TrainState:
     apply_fn=model.apply,
     params=variables["params"],
     batch_stats=variables["batch_stats"],
-    tx=create_optimizer(config),
+    tx=optim.create_optimizer(config, steps_per_epoch),
     rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+    # A copy: the donated train step must not get one buffer twice.
+    ema=jax.tree.map(jnp.copy, dict(variables)) if config.ema_decay else None,
   )
 
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(
+    jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing
+  )
+  return optax.softmax_cross_entropy(logits, targets)
 
 
-def train_step(state: TrainState, batch: dict, augment_config=None):
+def update_ema(ema, params, batch_stats, step, decay: float):
+  """One step of the weights' moving average; the decay warms up as
+  (1 + step) / (10 + step), so early averages forget the random init."""
+  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  new = {"params": params, "batch_stats": batch_stats}
+  return jax.tree.map(lambda e, x: decay * e + (1 - decay) * x, ema, new)
+
+
+def train_step(
+  state: TrainState,
+  batch: dict,
+  augment_config=None,
+  options: StepOptions = StepOptions(),
+):
   """One optimisation step on a device's shard; collectives over AXIS."""
   images = batch["image"].astype(jnp.float32) / 255.0
   if augment_config is not None:
@@ -116,13 +144,19 @@ def train_step(state: TrainState, batch: dict, augment_config=None):
       train=True,
       mutable=["batch_stats"],
     )
-    return cross_entropy(logits, batch["label"]).mean(), (logits, updates)
+    loss = cross_entropy(logits, batch["label"], options.label_smoothing)
+    return loss.mean(), (logits, updates)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, updates)), grads = grad_fn(state.params)
   grads = jax.lax.pmean(grads, AXIS)
   # BatchNorm already averaged its statistics over AXIS (bn_axis_name).
   state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  if state.ema is not None:
+    ema = update_ema(
+      state.ema, state.params, state.batch_stats, state.step, options.ema_decay
+    )
+    state = state.replace(ema=ema)
   metrics = {
     "loss": loss,
     "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
@@ -130,14 +164,23 @@ def train_step(state: TrainState, batch: dict, augment_config=None):
   return state, jax.lax.pmean(metrics, AXIS)
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
+def eval_variables(state: TrainState) -> dict:
+  """The variables evaluation uses: the moving average when there is one."""
+  if state.ema is not None:
+    return state.ema
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def eval_step(
+  state: TrainState, batch: dict, options: StepOptions = StepOptions()
+) -> dict:
   """Mask-weighted sums over a device's shard, summed over AXIS."""
   images = batch["image"].astype(jnp.float32) / 255.0
-  logits = state.apply_fn(
-    {"params": state.params, "batch_stats": state.batch_stats},
-    images,
-    train=False,
-  )
+  variables = eval_variables(state)
+  logits = state.apply_fn(variables, images, train=False)
+  if options.tta_flip:
+    mirrored = state.apply_fn(variables, images[:, :, ::-1], train=False)
+    logits = (logits + mirrored) / 2
   mask = batch["mask"]
   sums = {
     "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -148,16 +191,28 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def make_steps(augment_config):
+def make_steps(augment_config, options: StepOptions = StepOptions()):
   """The pmapped train and eval steps; cached so that runs in one process
   (tests, notebooks) share compiled functions."""
   p_train = jax.pmap(
-    functools.partial(train_step, augment_config=augment_config),
+    functools.partial(
+      train_step, augment_config=augment_config, options=options
+    ),
     axis_name=AXIS,
     donate_argnums=(0,),
   )
-  p_eval = jax.pmap(eval_step, axis_name=AXIS)
+  p_eval = jax.pmap(functools.partial(eval_step, options=options), AXIS)
   return p_train, p_eval
+
+
+def make_steps_for(config):
+  """make_steps with the config's augmentation and step options."""
+  augment_config = (
+    augment.AugmentConfig.from_config(config.augment)
+    if config.augment.enabled
+    else None
+  )
+  return make_steps(augment_config, StepOptions.from_config(config))
 
 
 def evaluate(p_eval, state, split: data.Split, batch_size: int) -> dict:
@@ -265,6 +320,7 @@ def train_and_evaluate(
   dataset: data.Dataset | None = None,
 ) -> dict:
   """Trains (resuming from workdir), then scores the best state on test."""
+  started = time.perf_counter()
   workdir = pathlib.Path(workdir)
   check_batch_sizes(config, jax.device_count())
   _check_workdir_config(workdir, config)
@@ -286,7 +342,7 @@ def train_and_evaluate(
       f"{len(train_split)} training images"
     )
   model = create_model(config, dataset.num_classes, axis_name=AXIS)
-  state = create_train_state(config, model, train_split.images.shape[1:])
+  state = create_train_state(config, model, train_split.images.shape[1:], spe)
   _log(models.summary(model, train_split.images.shape[1:]))
   _log(
     f"{jax.process_count()} process(es), {jax.device_count()} device(s) "
@@ -302,12 +358,8 @@ def train_and_evaluate(
       f"resuming from step {int(state.step)} "
       f"({len(meta['history'])} epochs done)"
     )
-  augment_config = (
-    augment.AugmentConfig.from_config(config.augment)
-    if config.augment.enabled
-    else None
-  )
-  p_train, p_eval = make_steps(augment_config)
+    started -= _elapsed_before(meta)
+  p_train, p_eval = make_steps_for(config)
   reporter = (
     reporting.Reporter(workdir, title=f"{config.model} on {config.dataset}")
     if distributed.is_main_process()
@@ -329,7 +381,14 @@ def train_and_evaluate(
         val = evaluate(
           p_eval, rstate, dataset.splits["validation"], config.eval_batch_size
         )
-        _end_epoch(config, state, val, meta, ckpt, reporter)
+        extra = {}
+        if config.test_every_epoch:
+          test = evaluate(
+            p_eval, rstate, dataset.splits["test"], config.eval_batch_size
+          )
+          extra = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+        extra["wall_time_s"] = time.perf_counter() - started
+        _end_epoch(config, state, val, meta, ckpt, reporter, extra)
         if stopper(int(state.step), force=True):
           raise Interrupted(flag["stop"] or "a signal to another process")
   except Interrupted as stop:
@@ -436,8 +495,9 @@ def _train_epoch(config, p_train, rstate, split, spe, meta, stopper):
   return rstate, stopped
 
 
-def _end_epoch(config, state, val, meta, ckpt, reporter) -> None:
-  """Records the epoch, applies early stopping, saves best and latest."""
+def _end_epoch(config, state, val, meta, ckpt, reporter, extra) -> None:
+  """Records the epoch (with `extra` columns: wall time since the start,
+  test scores), applies early stopping, saves best and latest."""
   partial, history = meta["partial"], meta["history"]
   row = {
     "epoch": len(history) + 1,
@@ -447,13 +507,18 @@ def _end_epoch(config, state, val, meta, ckpt, reporter) -> None:
     "val_accuracy": val["accuracy"],
     "learning_rate": float(state.opt_state.hyperparams["learning_rate"]),
     "epoch_time_s": partial["seconds"],
+    **extra,
   }
   history.append(row)
   meta["partial"] = None
+  test = ""
+  if "test_accuracy" in row:
+    test = f" test_accuracy {row['test_accuracy']:.4f}"
   _log(
     f"epoch {row['epoch']}: loss {row['loss']:.4f} accuracy "
     f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} "
-    f"val_accuracy {row['val_accuracy']:.4f} ({row['epoch_time_s']:.1f} s)"
+    f"val_accuracy {row['val_accuracy']:.4f}{test} "
+    f"({row['epoch_time_s']:.1f} s, {row['wall_time_s']:.0f} s in all)"
   )
   _early_stopping(meta, row["loss"], config.early_stopping_patience)
   if meta["best_val_loss"] is None or val["loss"] < meta["best_val_loss"]:
@@ -463,6 +528,13 @@ def _end_epoch(config, state, val, meta, ckpt, reporter) -> None:
   ckpt.save("latest", state, meta)
   if reporter:
     reporter.epoch_end(history)
+
+
+def _elapsed_before(meta: dict) -> float:
+  """Seconds a resumed run had already run (time while stopped left out)."""
+  history, partial = meta["history"], meta["partial"] or {}
+  done = history[-1].get("wall_time_s", 0.0) if history else 0.0
+  return done + partial.get("seconds", 0.0)
 
 
 def _early_stopping(meta: dict, loss: float, patience: int) -> None:

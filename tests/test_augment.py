@@ -124,3 +124,72 @@ def test_a_shift_moves_content():
   matrix = augment.affine_matrix(*map(jnp.float32, (0, 0, -3, 0, 1, 1)), 32, 32)
   out = augment.apply_affine(image, matrix)
   assert out[13, 10, 0] == 1.0 and out.sum() == 1.0
+
+
+CROP_FLIP = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, True, 4, 0)
+CROP_FLIP_CUTOUT = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, True, 4, 8)
+
+
+def offsets_matching(out, image, padding):
+  """The (row, col) crop offsets of the zero-padded image that give out."""
+  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  size = image.shape[0]
+  return [
+    (r, c)
+    for r in range(2 * padding + 1)
+    for c in range(2 * padding + 1)
+    if np.array_equal(out, padded[r : r + size, c : c + size])
+  ]
+
+
+def test_random_crop_is_a_shift_with_zero_fill(images):
+  crop = jax.jit(jax.vmap(augment.random_crop, (0, 0, None)), static_argnums=2)
+  keys = jax.random.split(jax.random.key(7), 16)
+  out = np.asarray(crop(keys, images[:16], 4))
+  found = [offsets_matching(o, np.asarray(i), 4) for o, i in zip(out, images)]
+  assert all(len(f) == 1 for f in found)  # exactly one shift explains each
+  offsets = {f[0] for f in found}
+  assert len(offsets) > 8  # of the 81 possible, many occur
+
+
+def test_cutout_zeroes_one_clipped_square(images):
+  cut = jax.jit(jax.vmap(augment.cutout, (0, 0, None)), static_argnums=2)
+  keys = jax.random.split(jax.random.key(8), 64)
+  out = np.asarray(cut(keys, images, 8))
+  for o, image in zip(out, np.asarray(images)):
+    zeroed = np.all(o == 0, axis=-1)
+    rows, cols = np.nonzero(zeroed)
+    assert 0 < zeroed.sum() <= 64
+    # A rectangle (the square clipped at the borders), 8 wide unless cut.
+    height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+    assert zeroed.sum() == height * width and height <= 8 and width <= 8
+    np.testing.assert_array_equal(o[~zeroed], image[~zeroed])
+  sizes = np.all(out == 0, axis=-1).sum(axis=(1, 2))
+  assert (sizes == 64).mean() > 0.3 and (sizes < 64).any()
+
+
+def test_crop_flip_cutout_pipeline_keys_each_image_by_its_index(images):
+  a = augment_batch(jax.random.key(9), images, CROP_FLIP_CUTOUT)
+  half = augment_batch(
+    jax.random.key(9), images[32:], CROP_FLIP_CUTOUT, jnp.arange(32, 64)
+  )
+  np.testing.assert_array_equal(half, a[32:])
+  # No resampling without affine ranges: only input values and 0 remain.
+  assert np.isin(a, np.append(np.asarray(images), 0.0)).all()
+  assert a.shape == images.shape and a.dtype == images.dtype
+
+
+def test_configs_without_the_new_fields_still_load():
+  import ml_collections
+
+  fields = dict(
+    rotation_range_deg=40.0,
+    width_shift_range=0.2,
+    height_shift_range=0.2,
+    shear_range_deg=0.2,
+    zoom_range=0.2,
+    horizontal_flip=True,
+  )
+  config = augment.AugmentConfig.from_config(ml_collections.ConfigDict(fields))
+  assert config == REFERENCE and not config.crop_padding_px
+  assert REFERENCE.has_affine and not CROP_FLIP.has_affine

@@ -76,3 +76,22 @@ def test_shard_splits_over_devices_or_refuses():
     errors.UserError, match="batch size 8 does not divide over 3 devices"
   ):
     data.shard(batch, 3)
+
+
+def test_an_npz_data_dir_is_read_without_tfds(tmp_path):
+  rng = np.random.default_rng(0)
+  path = tmp_path / "cifar10.npz"
+  np.savez(
+    path,
+    x_train=rng.integers(0, 255, (50, 32, 32, 3), dtype=np.uint8),
+    y_train=np.arange(50) % 10,
+    x_test=rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8),
+    y_test=np.arange(20) % 10,
+  )
+  dataset = data.load("cifar10", str(path), val_size=10, progress=False)
+  sizes = {name: len(split) for name, split in dataset.splits.items()}
+  assert sizes == {"train": 40, "validation": 10, "test": 20}
+  assert dataset.class_names[0] == "airplane" and dataset.num_classes == 10
+  assert dataset.splits["train"].labels.dtype == np.int32
+  with pytest.raises(errors.UserError, match="cannot read cifar10"):
+    data.load("cifar10", str(tmp_path / "missing.npz"), val_size=10)

@@ -90,7 +90,7 @@ def final_state(workdir):
   ckpt.close()
   with open(workdir / "metrics.csv") as f:
     rows = [
-      {k: float(v) for k, v in row.items() if k != "epoch_time_s"}
+      {k: float(v) for k, v in row.items() if not k.endswith("time_s")}
       for row in csv.DictReader(f)
     ]
   return state, rows

@@ -33,12 +33,36 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.shear_range_deg = 0.2  # Keras' shear_range is in degrees
   config.augment.zoom_range = 0.2  # zoom factors drawn from [0.8, 1.2]
   config.augment.horizontal_flip = True
+  # Beyond the tutorial (0: off): random crop of the image zero-padded by
+  # this many pixels per side, and a cutout square of this side, in pixels.
+  config.augment.crop_padding_px = 0
+  config.augment.cutout_size_px = 0
 
-  # Optimisation: Adam with Keras' defaults.
-  config.learning_rate = 1e-3
+  # Optimisation: Adam with Keras' defaults (see densenet_jax/optim.py).
+  config.optimizer = "adam"  # adam or sgd
+  config.learning_rate = 1e-3  # the peak, with a schedule
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-7
+  config.momentum = 0.9  # sgd only
+  config.nesterov = True  # sgd only
+  # Weight decay (sgd only): "l2" adds weight_decay * p to the gradient,
+  # "decoupled" subtracts learning_rate * weight_decay * p from p.
+  config.weight_decay = 0.0
+  config.weight_decay_mode = "l2"
+  config.weight_decay_kernels_only = True  # spare BatchNorm and biases
+  # Schedule: constant, step, cosine or onecycle, after a linear warm-up.
+  config.lr_schedule = "constant"
+  config.warmup_epochs = 0.0
+  config.lr_step_fractions = (0.5, 0.75)  # step: where, in fractions of run
+  config.lr_step_factor = 0.1  # step: the factor at each of them
+  config.final_lr_fraction = 0.0  # cosine, onecycle: the last learning rate
+  config.label_smoothing = 0.0  # training loss only; 0: off
+  # Exponential moving average of the weights and BatchNorm statistics,
+  # used for validation and test; 0: off. The decay is warmed up as
+  # min(ema_decay, (1 + step) / (10 + step)).
+  config.ema_decay = 0.0
+  config.tta_flip = False  # eval on the mean logits of image and its mirror
   config.batch_size = 128  # global batch, split over all devices
   config.eval_batch_size = 500
   config.num_epochs = 200
@@ -47,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.early_stopping_patience = 4
 
   # Bookkeeping.
+  # Also score the test set after every epoch (a learning curve of test
+  # accuracy against wall time; model selection still uses validation).
+  config.test_every_epoch = False
   config.seed = 0
   config.log_every_steps = 10  # progress-bar refresh (each one syncs the host)
   return config

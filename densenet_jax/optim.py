@@ -1,0 +1,195 @@
+"""Optimizers and learning-rate schedules built from a config, with optax.
+
+- `optimizer="adam"`: the tutorial's Adam with Keras' defaults and a
+  constant learning rate (the reference recipe, unchanged);
+- `optimizer="sgd"`: SGD with (Nesterov) momentum and weight decay, either
+  coupled ("l2": added to the gradient before momentum, as in the DenseNet
+  paper's Torch code and PyTorch's `SGD(weight_decay=...)`) or decoupled
+  ("decoupled": p -= lr * weight_decay * p beside the momentum step, as in
+  SGDW/AdamW), on conv and dense kernels only or on every parameter.
+
+Every optimizer is wrapped in `optax.inject_hyperparams`, so the learning
+rate of the current step (a schedule's value) is in
+`opt_state.hyperparams["learning_rate"]`, where the loop logs it from.
+
+Schedules (`lr_schedule`), each after `warmup_epochs` of linear warm-up from
+0 when that is positive:
+
+- "constant": `learning_rate` throughout;
+- "step": multiplied by `lr_step_factor` at each fraction of training in
+  `lr_step_fractions` (the paper: 0.1 at 50% and 75%);
+- "cosine": cosine decay to `learning_rate * final_lr_fraction`;
+- "onecycle": linear decay to `learning_rate * final_lr_fraction` (with the
+  warm-up, the triangular one-cycle of fast CIFAR trainers).
+"""
+
+import dataclasses
+import functools
+
+import jax
+import optax
+
+from densenet_jax import errors
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
+def kernel_mask(params):
+  """True for conv and dense kernels, False for BatchNorm scales/offsets and
+  biases (all 1-D): weight decay on the latter only limits capacity."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int):
+  """The config's learning rate: a float when constant, else an optax
+  schedule of the step."""
+  kind, peak = config.lr_schedule, config.learning_rate
+  if kind not in SCHEDULES:
+    raise errors.UserError(
+      f"lr_schedule={kind!r} is unknown; choose one of {', '.join(SCHEDULES)}"
+    )
+  total = config.num_epochs * steps_per_epoch
+  warmup = min(round(config.warmup_epochs * steps_per_epoch), total)
+  if kind == "constant" and not warmup:
+    return peak  # a plain number keeps the reference's optimizer state
+  rest = max(total - warmup, 1)
+  end = peak * config.final_lr_fraction
+  if kind == "constant":
+    main = optax.constant_schedule(peak)
+  elif kind == "step":
+    # Boundaries are fractions of all training, counted after the warm-up.
+    main = optax.piecewise_constant_schedule(
+      peak,
+      {
+        max(round(f * total) - warmup, 0): config.lr_step_factor
+        for f in config.lr_step_fractions
+      },
+    )
+  elif kind == "cosine":
+    main = optax.cosine_decay_schedule(peak, rest, alpha=end / peak)
+  else:
+    main = optax.linear_schedule(peak, end, rest)
+  if not warmup:
+    return main
+  return optax.join_schedules(
+    [optax.linear_schedule(0.0, peak, warmup), main], [warmup]
+  )
+
+
+def sgd(
+  learning_rate,
+  momentum: float,
+  nesterov: bool,
+  weight_decay: float,
+  decoupled: bool,
+  kernels_only: bool,
+) -> optax.GradientTransformation:
+  """SGD with momentum and coupled or decoupled weight decay."""
+  decay = optax.add_decayed_weights(
+    weight_decay, kernel_mask if kernels_only else None
+  )
+  step = [optax.trace(decay=momentum, nesterov=nesterov)]
+  step = step + [decay] if decoupled else [decay] + step
+  return optax.chain(*step, optax.scale_by_learning_rate(learning_rate))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """The config fields an optimizer depends on, hashable: equal settings
+  give the identical optimizer object (see create_optimizer)."""
+
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  lr_schedule: str = "constant"
+  warmup_epochs: float = 0.0
+  lr_step_fractions: tuple = (0.5, 0.75)
+  lr_step_factor: float = 0.1
+  final_lr_fraction: float = 0.0
+  num_epochs: int = 1
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-7
+  momentum: float = 0.9
+  nesterov: bool = True
+  weight_decay: float = 0.0
+  weight_decay_mode: str = "l2"
+  weight_decay_kernels_only: bool = True
+
+  @classmethod
+  def from_config(cls, config) -> "OptimizerConfig":
+    values = {f.name: config[f.name] for f in dataclasses.fields(cls)}
+    values["lr_step_fractions"] = tuple(values["lr_step_fractions"])
+    return cls(**values)
+
+
+def create_optimizer(config, steps_per_epoch: int = 1):
+  """The config's optimizer; `steps_per_epoch` sets the schedule's length
+  (any value will do for a template that only restores a checkpoint)."""
+  settings = OptimizerConfig.from_config(config)
+  if settings.optimizer not in OPTIMIZERS:
+    raise errors.UserError(
+      f"optimizer={settings.optimizer!r} is unknown; choose one of "
+      f"{', '.join(OPTIMIZERS)}"
+    )
+  if settings.weight_decay_mode not in WEIGHT_DECAY_MODES:
+    raise errors.UserError(
+      f"weight_decay_mode={settings.weight_decay_mode!r} is unknown; choose "
+      f"one of {', '.join(WEIGHT_DECAY_MODES)}"
+    )
+  if settings.optimizer == "adam" and settings.weight_decay:
+    raise errors.UserError(
+      f"weight_decay={settings.weight_decay} needs optimizer='sgd'"
+    )
+  learning_rate_schedule(settings, steps_per_epoch)  # fails early if wrong
+  settings, steps_per_epoch = _relevant(settings, steps_per_epoch)
+  return _cached_optimizer(settings, steps_per_epoch)
+
+
+def _relevant(settings: OptimizerConfig, steps_per_epoch: int):
+  """Resets the fields this optimizer ignores to their defaults, so that,
+  say, two Adam runs of different lengths share one optimizer object."""
+  default = OptimizerConfig()
+  ignored = []
+  if settings.optimizer == "adam":
+    ignored += ["momentum", "nesterov", "weight_decay_mode"]
+    ignored += ["weight_decay_kernels_only"]
+  else:
+    ignored += ["adam_b1", "adam_b2", "adam_eps"]
+  if settings.lr_schedule != "step":
+    ignored += ["lr_step_fractions", "lr_step_factor"]
+  if settings.lr_schedule in ("constant", "step"):
+    ignored += ["final_lr_fraction"]
+  if settings.lr_schedule == "constant" and not settings.warmup_epochs:
+    ignored += ["num_epochs"]
+    steps_per_epoch = 1
+  settings = dataclasses.replace(
+    settings, **{name: getattr(default, name) for name in ignored}
+  )
+  return settings, steps_per_epoch
+
+
+# Optimizers are static parts of the TrainState, hence of the compiled steps'
+# cache keys: equal settings must give the identical object, so that runs in
+# one process (tests, notebooks, resumes) reuse compilations.
+@functools.lru_cache(maxsize=None)
+def _cached_optimizer(settings: OptimizerConfig, steps_per_epoch: int):
+  learning_rate = learning_rate_schedule(settings, steps_per_epoch)
+  if settings.optimizer == "adam":
+    return optax.inject_hyperparams(optax.adam)(
+      learning_rate=learning_rate,
+      b1=settings.adam_b1,
+      b2=settings.adam_b2,
+      eps=settings.adam_eps,
+    )
+  return optax.inject_hyperparams(
+    sgd, static_args=("nesterov", "decoupled", "kernels_only")
+  )(
+    learning_rate=learning_rate,
+    momentum=settings.momentum,
+    nesterov=settings.nesterov,
+    weight_decay=settings.weight_decay,
+    decoupled=settings.weight_decay_mode == "decoupled",
+    kernels_only=settings.weight_decay_kernels_only,
+  )

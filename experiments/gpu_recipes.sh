@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The GPU runs of issue 6 as one prepared command: train recipes (default:
+# `fast`, then `reference`) on real CIFAR-10 with the test set scored after
+# every epoch, each stopped after a time limit, and record each run's time
+# to 90.07% test accuracy and its best test accuracy in
+# experiments/results/gpu_<recipe>/ (experiments/record_run.py).
+#
+#   bash experiments/gpu_recipes.sh [--quick] [--minutes M] [RECIPE ...]
+#
+# --minutes M  per-recipe limit (default 4.25: two recipes and the set-up
+#              fit one 10-minute command); at the limit the trainer saves and
+#              stops, and the same command later resumes the runs (and their
+#              wall-time clocks) where they stopped.
+# --quick      a CPU rehearsal of the whole script (tiny model, synthetic
+#              data, 2 epochs, results in /tmp): checks the plumbing only.
+#
+# On the device machine (no network, no TFDS, no ml_collections or
+# tensorboardX in its image), first prepare the carried folder here:
+#
+#   PYTHON=.venv/bin/python bash experiments/gpu_recipes.sh --prepare
+#
+# (wheels of ml_collections and tensorboardX, the JPEG CIFAR-10 archive and
+# its converter from ../shared/data: 19 MB in .gpu_carry/), then run with
+# the device tool: command
+#   "PYTHONUNBUFFERED=1 bash experiments/gpu_recipes.sh"
+# with carry [".gpu_carry"] and timeout_s 600; the results come back as
+# $OUT/gpu_results.tgz: unpack it into experiments/results/ and commit.
+# Checked here on CPU only (--quick, and the .npz data path); never run on
+# a GPU yet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+CARRY=.gpu_carry
+minutes=4.25
+quick=0
+recipes=()
+while (($#)); do
+  case $1 in
+    --quick) quick=1 ;;
+    --minutes) minutes=$2; shift ;;
+    --prepare)
+      mkdir -p "$CARRY/wheels"
+      "$PY" -m pip download --no-deps -q -d "$CARRY/wheels" \
+        ml_collections==1.1.0 tensorboardX==2.6.5
+      cp ../shared/data/cifar10-jpeg.tar.gz ../shared/data/make_tfds_cifar10.py \
+        "$CARRY/"
+      du -sh "$CARRY"
+      exit 0 ;;
+    *) recipes+=("$1") ;;
+  esac
+  shift
+done
+((${#recipes[@]})) || recipes=(fast reference)
+
+extra=(--set test_every_epoch=True)
+results=experiments/results
+if ((quick)); then
+  extra+=(--dataset synthetic --model tiny --epochs 2
+    --set val_size=64 --set train_size=128 --set batch_size=32
+    --set eval_batch_size=50 --set log_every_steps=1)
+  results=/tmp/gpu_recipes_quick
+  runs=/tmp/gpu_recipes_quick/runs
+  minutes=2
+else
+  runs=runs
+  if [[ -d $CARRY/wheels ]]; then
+    "$PY" -m pip install -q --no-index --no-deps "$CARRY"/wheels/*.whl
+  fi
+  # Real CIFAR-10: a TFDS data dir when this machine has one, else the
+  # carried JPEG archive decoded to arrays (numpy and pillow only).
+  if ! "$PY" -c "import tensorflow_datasets" 2>/dev/null; then
+    npz=/tmp/cifar10.npz
+    [[ -f $npz ]] || "$PY" "$CARRY/make_tfds_cifar10.py" --no-tfds \
+      --archive "$CARRY/cifar10-jpeg.tar.gz" --npz "$npz"
+    extra+=(--data-dir "$npz")
+  fi
+  "$PY" -c "import jax; print(jax.devices())"
+fi
+
+limit=$("$PY" -c "print(int(float('$minutes') * 60))")
+for recipe in "${recipes[@]}"; do
+  echo "== $recipe: at most $minutes minutes"
+  "$PY" experiments/record_run.py --name "gpu_$recipe" \
+    --workdir "$runs/gpu_$recipe" --results "$results" --time-limit "$limit" \
+    -- "$PY" -m densenet_jax.train --config "$recipe" \
+    --workdir "$runs/gpu_$recipe" "${extra[@]}"
+done
+if [[ -n ${OUT:-} ]]; then
+  tar czf "$OUT/gpu_results.tgz" -C "$results" \
+    $(cd "$results" && ls -d gpu_* 2>/dev/null)
+fi

@@ -1,0 +1,185 @@
+"""Runs a training command and records its result with provenance.
+
+    python experiments/record_run.py --name cpu_check --workdir runs/cpu \
+      -- python -m densenet_jax.train --config cpu_check --workdir runs/cpu
+
+Writes experiments/results/NAME/: result.json (command, config, commit,
+hardware, wall time, final train/validation/test accuracy, best test
+accuracy and the wall time at which the test accuracy first reached
+--target, the machine's load while it ran: other processes share the CPUs)
+and copies of the run's config.json, metrics.csv, curves.png and
+test_result.json. With --time-limit, the command gets SIGTERM when the time
+is up (the trainer saves and stops; running it again resumes) and the
+partial run is recorded.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+COPIED = ("config.json", "metrics.csv", "curves.png", "test_result.json")
+
+
+def git(*args) -> str:
+  out = subprocess.run(
+    ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+  )
+  return out.stdout.strip()
+
+
+def hardware() -> dict:
+  info = {"platform": platform.platform(), "cpu_cores": os.cpu_count()}
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        info["cpu"] = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  probe = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      "import jax; d = jax.devices(); print(len(d), d[0].platform, "
+      "d[0].device_kind)",
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  info["jax_devices"] = probe.stdout.strip()
+  return info
+
+
+class LoadSampler(threading.Thread):
+  """Samples the 1-minute load average every `every` seconds."""
+
+  def __init__(self, every: float = 15.0):
+    super().__init__(daemon=True)
+    self.every, self.samples = every, []
+    self.done = threading.Event()
+
+  def run(self):
+    while not self.done.is_set():
+      self.samples.append(round(os.getloadavg()[0], 2))
+      self.done.wait(self.every)
+
+
+def history(workdir: pathlib.Path) -> list[dict]:
+  path = workdir / "metrics.csv"
+  if not path.exists():
+    return []
+  sys.path.insert(0, str(ROOT))
+  from densenet_jax import reporting
+
+  return reporting.read_metrics_csv(path)
+
+
+def summarise(rows: list[dict], test: dict | None, target: float) -> dict:
+  summary = {"epochs_done": len(rows)}
+  if not rows:
+    return summary
+  last = rows[-1]
+  summary["final_train_accuracy"] = last["accuracy"]  # running, augmented
+  summary["final_val_accuracy"] = last["val_accuracy"]
+  if test:
+    summary["test_accuracy"] = test["test_accuracy"]
+    summary["test_checkpoint_step"] = test["checkpoint_step"]
+  if "test_accuracy" in last:
+    scores = [row["test_accuracy"] for row in rows]
+    summary["best_test_accuracy_per_epoch"] = max(scores)
+    summary["final_test_accuracy_per_epoch"] = scores[-1]
+    reached = [r["wall_time_s"] for r in rows if r["test_accuracy"] >= target]
+    summary[f"wall_time_s_to_{target:.2%}"] = reached[0] if reached else None
+  return summary
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--name", required=True, help="experiments/results/NAME")
+  parser.add_argument("--workdir", required=True, help="the run's --workdir")
+  parser.add_argument("--target", type=float, default=0.9007)
+  parser.add_argument("--time-limit", type=float, help="seconds, then SIGTERM")
+  parser.add_argument("--results", default=str(ROOT / "experiments/results"))
+  parser.add_argument("command", nargs=argparse.REMAINDER)
+  args = parser.parse_args()
+  command = args.command[1:] if args.command[:1] == ["--"] else args.command
+  if not command:
+    parser.error("give the command after --")
+  workdir = pathlib.Path(args.workdir)
+  out = pathlib.Path(args.results) / args.name
+  out.mkdir(parents=True, exist_ok=True)
+
+  # The code that runs is the code of now, whatever changes meanwhile.
+  commit = git("rev-parse", "HEAD")
+  changed = git(
+    "status", "--porcelain", "--", "densenet_jax", ":(glob)experiments/*.*"
+  )
+  sampler = LoadSampler()
+  sampler.start()
+  started = time.time()
+  start_load = os.getloadavg()
+  proc = subprocess.Popen(command)
+  timed_out = False
+  try:
+    proc.wait(timeout=args.time_limit)
+  except subprocess.TimeoutExpired:
+    timed_out = True
+    proc.send_signal(signal.SIGTERM)  # the trainer saves and exits
+    proc.wait()
+  wall = time.time() - started
+  sampler.done.set()
+  sampler.join()
+  children = os.times()
+  cpu_s = children.children_user + children.children_system
+
+  test_path = workdir / "test_result.json"
+  test = json.loads(test_path.read_text()) if test_path.exists() else None
+  config_path = workdir / "config.json"
+  config = json.loads(config_path.read_text()) if config_path.exists() else None
+  start_time = datetime.datetime.fromtimestamp(started)
+  rows = history(workdir)
+  samples = sampler.samples or [start_load[0]]
+  result = {
+    "name": args.name,
+    "command": " ".join(command),
+    "returncode": proc.returncode,
+    "stopped_at_time_limit": timed_out,
+    "started": start_time.isoformat(" ", "seconds"),
+    "wall_time_s": round(wall, 1),
+    "commit": commit,
+    "uncommitted_changes": bool(changed),
+    "hardware": hardware(),
+    "load_average_1m": {
+      "at_start": [round(x, 2) for x in start_load],
+      "min": min(samples),
+      "mean": round(sum(samples) / len(samples), 2),
+      "max": max(samples),
+      "samples_every_15s": samples,
+    },
+    # CPU seconds the run used / wall seconds: the cores it actually got.
+    "cores_used_on_average": round(cpu_s / wall, 2),
+    **summarise(rows, test, args.target),
+    "config": config,
+  }
+  (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+  for name in COPIED:
+    if (workdir / name).exists():
+      shutil.copy(workdir / name, out / name)
+  shown = {k: v for k, v in result.items() if k != "config"}
+  print(json.dumps(shown, indent=2))
+  sys.exit(proc.returncode if not timed_out else 0)
+
+
+if __name__ == "__main__":
+  main()

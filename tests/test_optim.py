@@ -1,0 +1,166 @@
+"""Schedules, weight decay and its mask, optimizer caching (no model runs)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from densenet_jax import configs, errors, models, optim
+
+SPE = 10  # steps per epoch
+
+
+def schedule_config(**fields):
+  config = configs.load("default")
+  config.update(dict(learning_rate=0.4, num_epochs=10) | fields)
+  return config
+
+
+def values(schedule, steps):
+  return np.array([float(schedule(s)) for s in steps])
+
+
+def test_constant_is_a_plain_number_as_in_the_reference():
+  schedule = optim.learning_rate_schedule(schedule_config(), SPE)
+  assert schedule == 0.4  # the reference's optimizer state keeps its shape
+
+
+def test_warm_up_rises_linearly_from_zero_then_holds():
+  schedule = optim.learning_rate_schedule(
+    schedule_config(warmup_epochs=1.0), SPE
+  )
+  np.testing.assert_allclose(
+    values(schedule, [0, 5, 10, 50, 99]), [0, 0.2, 0.4, 0.4, 0.4], rtol=1e-6
+  )
+
+
+def test_step_divides_by_ten_at_half_and_three_quarters():
+  config = schedule_config(lr_schedule="step", warmup_epochs=1.0)
+  schedule = optim.learning_rate_schedule(config, SPE)  # 100 steps
+  np.testing.assert_allclose(
+    values(schedule, [10, 49, 50, 74, 75, 99]),
+    [0.4, 0.4, 0.04, 0.04, 0.004, 0.004],
+    rtol=1e-6,
+  )
+
+
+@pytest.mark.parametrize("kind", ["cosine", "onecycle"])
+def test_decays_from_the_peak_to_the_final_fraction(kind):
+  config = schedule_config(
+    lr_schedule=kind, warmup_epochs=2.0, final_lr_fraction=0.1
+  )
+  schedule = optim.learning_rate_schedule(config, SPE)
+  lrs = values(schedule, range(101))
+  np.testing.assert_allclose(lrs[[0, 10, 20, 100]], [0, 0.2, 0.4, 0.04])
+  assert np.all(np.diff(lrs[:21]) > 0) and np.all(np.diff(lrs[20:]) < 0)
+  # A quarter of the way down: linear, or half a cosine's (1 + cos).
+  left = 0.75 if kind == "onecycle" else 0.5 * (1 + np.cos(np.pi / 4))
+  np.testing.assert_allclose(lrs[40], 0.04 + 0.36 * left, rtol=1e-5)
+
+
+def test_the_logged_learning_rate_follows_the_schedule():
+  config = schedule_config(
+    optimizer="sgd", lr_schedule="onecycle", warmup_epochs=1.0
+  )
+  tx = optim.create_optimizer(config, SPE)
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  for _ in range(15):
+    _, state = tx.update({"w": jnp.zeros(3)}, state, params)
+  # The 15th update (step 14) used the value of the schedule at step 14.
+  schedule = optim.learning_rate_schedule(config, SPE)
+  np.testing.assert_allclose(
+    state.hyperparams["learning_rate"], schedule(14), rtol=1e-6
+  )
+
+
+def test_only_conv_and_dense_kernels_decay():
+  model = models.create_model("tiny")
+  params = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  )["params"]
+  mask = optim.kernel_mask(params)
+  flat = {
+    jax.tree_util.keystr(path): m
+    for path, m in jax.tree_util.tree_flatten_with_path(mask)[0]
+  }
+  assert flat["['block0']['layer0']['conv2']['kernel']"]
+  assert flat["['classifier']['kernel']"]
+  assert not flat["['classifier']['bias']"]
+  assert not flat["['stem_conv']['bias']"]
+  assert not flat["['final_bn']['scale']"] and not flat["['final_bn']['bias']"]
+  assert sum(flat.values()) == 8  # stem, 2 layers x 2, 2 transitions, dense
+
+
+def sgd_step(mode, kernels_only, grads, params, lr=0.1, wd=0.01):
+  config = schedule_config(
+    optimizer="sgd",
+    learning_rate=lr,
+    weight_decay=wd,
+    weight_decay_mode=mode,
+    weight_decay_kernels_only=kernels_only,
+    momentum=0.9,
+    nesterov=True,
+  )
+  tx = optim.create_optimizer(config, SPE)
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  updates, _ = tx.update(grads, state, params)  # the second step
+  return updates
+
+
+def test_coupled_decay_goes_through_momentum_decoupled_does_not():
+  params = {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  # Zero gradients: only the decay moves the weights. Nesterov's second
+  # step with g = wd * p: trace = g + 0.9 g, update = g + 0.9 trace.
+  coupled = sgd_step("l2", True, zeros, params)
+  np.testing.assert_allclose(
+    coupled["kernel"], -0.1 * 0.02 * (1 + 0.9 * 1.9), rtol=1e-6
+  )
+  decoupled = sgd_step("decoupled", True, zeros, params)
+  np.testing.assert_allclose(decoupled["kernel"], -0.1 * 0.02, rtol=1e-6)
+  for updates in (coupled, decoupled):
+    np.testing.assert_array_equal(updates["bias"], 0.0)  # masked out
+  every = sgd_step("decoupled", False, zeros, params)
+  np.testing.assert_allclose(every["bias"], -0.1 * 0.02, rtol=1e-6)
+
+
+def test_equal_settings_give_the_identical_optimizer():
+  cosine = dict(optimizer="sgd", lr_schedule="cosine")
+  a = optim.create_optimizer(schedule_config(**cosine), SPE)
+  b = optim.create_optimizer(schedule_config(**cosine), SPE)
+  c = optim.create_optimizer(schedule_config(**cosine), SPE + 1)
+  assert a is b and a is not c
+  # Fields the optimizer ignores do not make another one (nor recompile).
+  adam = optim.create_optimizer(schedule_config(), SPE)
+  longer = optim.create_optimizer(schedule_config(num_epochs=50), SPE + 1)
+  assert adam is longer
+
+
+@pytest.mark.parametrize(
+  "fields, message",
+  [
+    (dict(optimizer="lamb"), "optimizer='lamb' is unknown"),
+    (dict(lr_schedule="exp"), "lr_schedule='exp' is unknown"),
+    (dict(optimizer="sgd", weight_decay_mode="l1"), "weight_decay_mode='l1'"),
+    (dict(weight_decay=1e-4), "weight_decay=0.0001 needs optimizer='sgd'"),
+  ],
+)
+def test_unknown_settings_are_refused(fields, message):
+  with pytest.raises(errors.UserError, match=message):
+    optim.create_optimizer(schedule_config(**fields), SPE)
+
+
+def test_sgd_without_decay_is_optax_sgd():
+  config = schedule_config(optimizer="sgd", learning_rate=0.1)
+  tx = optim.create_optimizer(config, SPE)
+  reference = optax.sgd(0.1, momentum=0.9, nesterov=True)
+  params = {"w": jnp.arange(3.0)}
+  grads = {"w": jnp.array([0.5, -1.0, 2.0])}
+  s, r = tx.init(params), reference.init(params)
+  for _ in range(3):
+    u, s = tx.update(grads, s, params)
+    v, r = reference.update(grads, r, params)
+    np.testing.assert_allclose(u["w"], v["w"], rtol=1e-6)

@@ -1,0 +1,156 @@
+"""Recipe features in the loop: label smoothing, EMA weights, test-time flip
+averaging, schedules, per-epoch test scores; configs load and resume."""
+
+import os
+import signal
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from densenet_jax import checkpointing, configs, data, optim, train
+
+
+def test_label_smoothing_mixes_in_the_uniform_distribution():
+  logits = jax.random.normal(jax.random.key(0), (5, 10))
+  labels = jnp.arange(5)
+  log_p = jax.nn.log_softmax(logits)
+  expected = -(0.9 + 0.01) * log_p[jnp.arange(5), labels] - 0.01 * (
+    log_p.sum(-1) - log_p[jnp.arange(5), labels]
+  )
+  got = train.cross_entropy(logits, labels, label_smoothing=0.1)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  np.testing.assert_allclose(
+    train.cross_entropy(logits, labels),
+    optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+  )
+
+
+def test_ema_decay_warms_up_then_holds():
+  ema = {"params": {"w": jnp.zeros(2)}, "batch_stats": {}}
+  new = {"w": jnp.ones(2)}
+  first = train.update_ema(ema, new, {}, 0, 0.999)["params"]
+  np.testing.assert_allclose(first["w"], 0.9)  # decay 1/10 at step 0
+  late = train.update_ema(ema, new, {}, 10**6, 0.999)["params"]
+  np.testing.assert_allclose(late["w"], 0.001, rtol=1e-4)
+
+
+def tiny_state(config, dataset):
+  model = train.create_model(config, dataset.num_classes, axis_name=train.AXIS)
+  return train.create_train_state(config, model, (32, 32, 3))
+
+
+def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
+  smoke_config, dataset
+):
+  smoke_config.ema_decay = 0.9
+  state = tiny_state(smoke_config, dataset)
+  # An EMA that differs from the live weights, to tell which one is used.
+  ema = jax.tree.map(lambda x: x * 0.5 + 0.1, state.ema)
+  state = state.replace(ema=ema)
+  split = dataset.splits["test"]
+  _, p_eval = train.make_steps(None, train.StepOptions(tta_flip=True))
+  result = train.evaluate(p_eval, flax.jax_utils.replicate(state), split, 100)
+  images = split.images / 255.0
+  logits = (
+    state.apply_fn(ema, images) + state.apply_fn(ema, images[:, :, ::-1])
+  ) / 2
+  expected = train.cross_entropy(logits, split.labels).mean()
+  np.testing.assert_allclose(result["loss"], expected, rtol=1e-5)
+  np.testing.assert_allclose(
+    result["accuracy"], (np.argmax(logits, -1) == split.labels).mean()
+  )
+
+
+def smoke_sized(config):
+  """A recipe shrunk to the smoke config's model and data sizes."""
+  smoke = configs.load("smoke")
+  for key in (
+    "model",
+    "val_size",
+    "train_size",
+    "batch_size",
+    "eval_batch_size",
+    "num_epochs",
+    "log_every_steps",
+  ):
+    config[key] = smoke[key]
+  return config
+
+
+@pytest.mark.parametrize("name", ["reference", "paper", "fast", "cpu_check"])
+def test_recipes_load_and_build_their_optimizers(name):
+  config = configs.load(name)
+  optim.create_optimizer(config, 351)
+  train.StepOptions.from_config(config)
+
+
+def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
+  dataset, tmp_path, monkeypatch
+):
+  config = smoke_sized(configs.load("fast"))
+  config.test_every_epoch = True
+  config.learning_rate = 0.05
+  full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+  expected = train.train_and_evaluate(config, full_dir, dataset)
+
+  real_batches = data.train_batches
+  served = {"n": 0}
+
+  def interrupting(*args, **kwargs):
+    for batch in real_batches(*args, **kwargs):
+      served["n"] += 1
+      if served["n"] == 6:  # mid epoch 2
+        os.kill(os.getpid(), signal.SIGINT)
+      yield batch
+
+  monkeypatch.setattr(data, "train_batches", interrupting)
+  with pytest.raises(train.Interrupted, match="saved step 6"):
+    train.train_and_evaluate(config, cut_dir, dataset)
+  monkeypatch.setattr(data, "train_batches", real_batches)
+  assert train.train_and_evaluate(config, cut_dir, dataset) == expected
+
+  states = []
+  for workdir in (full_dir, cut_dir):
+    ckpt = checkpointing.Checkpoints(workdir, read_only=True)
+    states.append(ckpt.restore("latest", tiny_state(config, dataset)))
+    ckpt.close()
+  (a, meta_a), (b, meta_b) = states
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    (a.params, a.batch_stats, a.opt_state, a.ema),
+    (b.params, b.batch_stats, b.opt_state, b.ema),
+  )
+  # The EMA is checkpointed, and lags the live weights.
+  assert not np.allclose(
+    a.ema["params"]["classifier"]["kernel"], a.params["classifier"]["kernel"]
+  )
+  history = meta_b["history"]
+  schedule = optim.learning_rate_schedule(config, 4)
+  for row in history:  # the logged rate is the epoch's last step's
+    np.testing.assert_allclose(
+      row["learning_rate"], schedule(4 * row["epoch"] - 1), rtol=1e-5
+    )
+    assert 0 <= row["test_accuracy"] <= 1 and row["wall_time_s"] > 0
+  assert history[1]["wall_time_s"] > history[0]["wall_time_s"]
+  header = (cut_dir / "metrics.csv").read_text().splitlines()[0]
+  assert header.endswith("wall_time_s,test_loss,test_accuracy")
+
+
+def test_a_run_without_ema_saves_the_state_it_saved_before(
+  smoke_config, dataset, tmp_path
+):
+  state = tiny_state(smoke_config, dataset)
+  assert state.ema is None
+  ckpt = checkpointing.Checkpoints(tmp_path)
+  ckpt.save("latest", state, {"history": []})
+  ckpt.wait()
+  saved = ckpt._managers["latest"].item_metadata(0)["state"]
+  assert set(saved) == {"step", "params", "batch_stats", "opt_state", "rng"}
+  restored, _ = ckpt.restore("latest", state)
+  ckpt.close()
+  assert restored.ema is None
+  jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
