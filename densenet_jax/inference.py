@@ -134,13 +134,13 @@ def variable_shapes(module: nn.Module) -> dict:
 def check_images(images) -> np.ndarray:
   """(N, 32, 32, 3) or one (32, 32, 3) uint8 RGB array, else UserError."""
   images = np.asarray(images)
-  if images.ndim == 3:
-    images = images[None]
-  if images.shape[1:] != IMAGE_SHAPE:
+  batch = images[None] if images.shape == IMAGE_SHAPE else images
+  if batch.shape[1:] != IMAGE_SHAPE:
     raise errors.UserError(
       f"images have shape {images.shape}; expected (N, 32, 32, 3) RGB "
-      "(inference.read_image converts and resizes image files)"
+      "(densenet_jax.images.read_images converts and resizes image files)"
     )
+  images = batch
   if images.dtype != np.uint8:
     raise errors.UserError(
       f"images are {images.dtype}; expected uint8 in 0..255 as in training"
@@ -177,7 +177,8 @@ class Model:
     """Logits (N, classes) of uint8 images (N, 32, 32, 3), in batches of at
     most `batch_size` (default: the run's eval_batch_size)."""
     images = check_images(images)
-    batch_size = batch_size or self.config.eval_batch_size
+    if batch_size is None:
+      batch_size = self.config.eval_batch_size
     if not isinstance(batch_size, int) or batch_size <= 0:
       raise errors.UserError(f"batch size {batch_size!r} must be positive")
     out = []
