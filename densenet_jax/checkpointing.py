@@ -12,6 +12,10 @@ Each checkpoint holds the train state as a state dict (params, batch_stats,
 opt_state, step, rng) and a JSON `meta` item (epoch history, early-stopping
 counters). Orbax writes into a temporary directory and renames it when
 complete, so an interrupted save never leaves a checkpoint that looks whole.
+
+`restore_variables` reads only the model's variables of a checkpoint, with a
+read-only manager: what evaluation and prediction need, without the
+optimizer (densenet_jax.inference).
 """
 
 import contextlib
