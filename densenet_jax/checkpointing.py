@@ -15,12 +15,21 @@ of the runs before that field existed) and a JSON `meta` item (epoch
 history, early-stopping counters). Orbax writes into a temporary directory
 and renames it when complete, so an interrupted save never leaves a
 checkpoint that looks whole.
+
+`restore_variables` reads only the model's variables of a checkpoint, with a
+read-only manager: what evaluation and prediction need, without the
+optimizer (densenet_jax.inference).
 """
 
+import contextlib
 import pathlib
+import sys
 
+import absl.logging
 import flax.serialization
+import flax.traverse_util
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from densenet_jax import errors
@@ -118,3 +127,133 @@ class Checkpoints:
   def close(self) -> None:
     for manager in self._managers.values():
       manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Hides orbax's absl warnings about read-only directories."""
+  level = absl.logging.get_verbosity()
+  absl.logging.set_verbosity(absl.logging.ERROR)
+  try:
+    yield
+  finally:
+    absl.logging.set_verbosity(level)
+
+
+def _shapes(tree) -> dict:
+  """{'params/stem_conv/kernel': shape, ...} of a nested dict of arrays or
+  of orbax array metadata."""
+  flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def restore_variables(directory, expected: dict, what: str = "the model"):
+  """Reads only `params` and `batch_stats` of the newest checkpoint in
+  `directory` (WORKDIR/checkpoints/best or latest), without the optimizer
+  state and without writing anything there.
+
+  `expected` holds the model's variables (arrays or ShapeDtypeStructs); a
+  checkpoint with other names or shapes raises CheckpointError naming the
+  first difference and `what` the model was expected to be.
+  Returns (variables as numpy arrays, meta, step path).
+  """
+  directory = pathlib.Path(directory).absolute()
+  with _quiet_orbax():
+    manager = ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(
+        create=False, read_only=True, cleanup_tmp_directories=False
+      ),
+      item_handlers={
+        "state": ocp.PyTreeCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+      },
+    )
+    try:
+      step = manager.latest_step()
+      if step is None:
+        raise CheckpointError(
+          f"no complete checkpoint in {directory} (an interrupted save "
+          "leaves none; run training again to write one)"
+        )
+      path = directory / str(step)
+      try:
+        saved = manager.item_metadata(step)["state"]
+      except Exception as err:
+        raise _unreadable(path, err) from err
+      if saved is None or not all(k in saved.tree for k in expected):
+        raise CheckpointError(
+          f"checkpoint {path} holds no model variables "
+          f"({', '.join(expected)}): truncated or not a densenet_jax checkpoint"
+        )
+      _check_shapes({k: saved.tree[k] for k in expected}, expected, path, what)
+      target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), expected
+      )
+      try:
+        restored = manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+              item=target,
+              restore_args=jax.tree.map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
+              ),
+              partial_restore=True,
+            ),
+            meta=ocp.args.JsonRestore(),
+          ),
+        )
+      except Exception as err:
+        raise _unreadable(path, err) from err
+    finally:
+      manager.close()
+  return dict(restored.state), restored.meta, path
+
+
+def _unreadable(path, err) -> CheckpointError:
+  _hide_closed_loop_errors()
+  first = (str(err).splitlines() or [""])[0][:300]
+  return CheckpointError(
+    f"cannot read checkpoint {path} (truncated or corrupted?): "
+    f"{type(err).__name__}: {first}"
+  )
+
+
+def _hide_closed_loop_errors() -> None:
+  """After one failed read, tensorstore finishes the restore's other reads
+  and calls back into orbax's event loop, closed by then; each call would
+  print a "RuntimeError: Event loop is closed" traceback under the one-line
+  error. Those, and only those, are dropped."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_densenet_jax", False):
+    return
+
+  def hook(unraisable):
+    err = unraisable.exc_value
+    if isinstance(err, RuntimeError) and str(err) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook._densenet_jax = True
+  sys.unraisablehook = hook
+
+
+def _check_shapes(saved, expected, path, what) -> None:
+  have, want = _shapes(saved), _shapes(expected)
+  for name in sorted(want, key=lambda n: (not n.startswith("params"), n)):
+    if name not in have:
+      raise CheckpointError(
+        f"checkpoint {path} was not made by {what}: it has no {name}"
+      )
+    if have[name] != want[name]:
+      raise CheckpointError(
+        f"checkpoint {path} was not made by {what}: {name} has shape "
+        f"{have[name]} there, {want[name]} expected"
+      )
+  extra = sorted(set(have) - set(want))
+  if extra:
+    raise CheckpointError(
+      f"checkpoint {path} was not made by {what}: it has {extra[0]}, which "
+      "that model lacks"
+    )

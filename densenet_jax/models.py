@@ -214,6 +214,16 @@ def create_model(preset: str, **overrides) -> DenseNet:
   return PRESETS[preset](**overrides)
 
 
+def eval_logits(apply_fn, variables, images, tta_flip: bool = False):
+  """Inference logits of uint8 images (N, H, W, C), scaled by 1/255 as in
+  training; with `tta_flip`, the mean of the image's and its mirror's."""
+  images = images.astype(jnp.float32) / 255.0
+  logits = apply_fn(variables, images, train=False)
+  if tta_flip:
+    logits = (logits + apply_fn(variables, images[:, :, ::-1], train=False)) / 2
+  return logits
+
+
 def summary(model: DenseNet, image_shape=(32, 32, 3), depth: int = 1) -> str:
   """The layer/parameter table (flax nn.tabulate) for a batch of one;
   depth=1 lists blocks and transitions, larger depths their layers."""

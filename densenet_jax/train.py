@@ -175,12 +175,9 @@ def eval_step(
   state: TrainState, batch: dict, options: StepOptions = StepOptions()
 ) -> dict:
   """Mask-weighted sums over a device's shard, summed over AXIS."""
-  images = batch["image"].astype(jnp.float32) / 255.0
-  variables = eval_variables(state)
-  logits = state.apply_fn(variables, images, train=False)
-  if options.tta_flip:
-    mirrored = state.apply_fn(variables, images[:, :, ::-1], train=False)
-    logits = (logits + mirrored) / 2
+  logits = models.eval_logits(
+    state.apply_fn, eval_variables(state), batch["image"], options.tta_flip
+  )
   mask = batch["mask"]
   sums = {
     "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny synthetic CIFAR-shaped data and the smoke config."""
 
+import pathlib
+
 import pytest
 
 from densenet_jax import configs, data
@@ -26,3 +28,70 @@ def dataset():
 @pytest.fixture
 def smoke_config():
   return configs.load("smoke")
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+  """A finished smoke run on data.load("synthetic"), made once per session:
+  commands that need only a workdir read their data the way users do."""
+  from densenet_jax import train
+
+  config = configs.load("smoke")
+  config.dataset = "synthetic"
+  workdir = tmp_path_factory.mktemp("trained")
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def tree_digest(path) -> dict:
+  """Every file and folder under `path` with a hash of its bytes."""
+  import hashlib
+  import pathlib
+
+  root = pathlib.Path(path)
+  return {
+    str(p.relative_to(root)): (
+      hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    )
+    for p in sorted(root.rglob("*"))
+  }
+
+
+@pytest.fixture
+def unchanged():
+  """`with unchanged(workdir): ...` fails if the block alters the tree."""
+  import contextlib
+
+  @contextlib.contextmanager
+  def check(path):
+    before = tree_digest(path)
+    yield
+    assert tree_digest(path) == before, f"{path} was changed"
+
+  return check
+
+
+@pytest.fixture
+def cli_error(capsys):
+  """`cli_error(main, argv)`: runs a command that must fail; returns its
+  one-line message after checking the exit status is non-zero."""
+
+  def run(main, argv):
+    with pytest.raises(SystemExit) as exit:
+      main([str(a) for a in argv])
+    code = exit.value.code
+    message = code if isinstance(code, str) else capsys.readouterr().err
+    assert code not in (0, None), message
+    lines = message.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), message
+    return lines[0]
+
+  return run
+
+
+@pytest.fixture
+def workdir_copy(trained_workdir, tmp_path):
+  """A private copy of the trained workdir, to damage."""
+  import shutil
+
+  return pathlib.Path(shutil.copytree(trained_workdir, tmp_path / "run"))

@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from densenet_jax import checkpointing, configs, data, optim, train
+import densenet_jax
+from densenet_jax import checkpointing, configs, data, evaluate, optim, train
 
 
 def test_label_smoothing_mixes_in_the_uniform_distribution():
@@ -138,6 +139,17 @@ def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
   assert history[1]["wall_time_s"] > history[0]["wall_time_s"]
   header = (cut_dir / "metrics.csv").read_text().splitlines()[0]
   assert header.endswith("wall_time_s,test_loss,test_accuracy")
+  # The Python API and the evaluate command score what training scored:
+  # the best checkpoint's EMA weights, with flip TTA, in bfloat16.
+  model = densenet_jax.load(full_dir)
+  assert model.tta_flip and model.module.dtype == jnp.bfloat16
+  ckpt = checkpointing.Checkpoints(full_dir, read_only=True)
+  best, _ = ckpt.restore("best", tiny_state(config, dataset))
+  ckpt.close()
+  jax.tree.map(np.testing.assert_array_equal, model.variables, best.ema)
+  scored = evaluate.evaluate(model, dataset.splits["test"], 48)
+  assert scored["accuracy"] == expected["test_accuracy"]
+  np.testing.assert_allclose(scored["loss"], expected["test_loss"], rtol=1e-5)
 
 
 def test_a_run_without_ema_saves_the_state_it_saved_before(

@@ -1,0 +1,48 @@
+"""What the evaluate, predict, show and summary commands share: one-line
+errors, argument types, and the workdir/checkpoint arguments."""
+
+import argparse
+import sys
+
+from densenet_jax import errors
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """Bad arguments end like every other user error: one line, exit 2."""
+
+  def error(self, message):
+    self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+  return value
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    "--workdir",
+    required=True,
+    help="a training workdir, or a checkpoint folder in one "
+    "(WORKDIR/checkpoints/best)",
+  )
+  parser.add_argument(
+    "--checkpoint",
+    choices=("best", "latest"),
+    default="best",
+    help="which checkpoint of the workdir (default: best, the lowest "
+    "validation loss); a checkpoint folder given as --workdir wins",
+  )
+
+
+def run(main, argv=None):
+  """Calls main(argv); a UserError exits non-zero with one line."""
+  try:
+    return main(argv)
+  except errors.UserError as err:
+    sys.exit(f"error: {err}")

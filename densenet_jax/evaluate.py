@@ -1,0 +1,237 @@
+"""Scores a trained checkpoint on a split: loss, accuracy, per-class accuracy,
+a confusion matrix and images/s.
+
+    python -m densenet_jax.evaluate --workdir runs/reference [--split test]
+
+Restores the run's best checkpoint (params and batch_stats only) with the
+config.json saved beside it, reads the split as training did (same val_size
+and train_size), and runs a jit-compiled masked eval in which every image
+counts once: on the test split it reproduces the test_accuracy that training
+wrote to test_result.json. Writes {kind}_{split}.json and
+{kind}_{split}_confusion.png into WORKDIR/eval/ (or --output), never over
+the training artefacts.
+"""
+
+import functools
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from densenet_jax import cli, data, errors, inference, models
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def eval_sums(
+  module, variables, batch: dict, num_classes: int, tta_flip: bool
+) -> dict:
+  """Mask-weighted sums of one batch, as train.eval_step, plus the
+  confusion matrix (rows: true class, columns: predicted class)."""
+  logits = models.eval_logits(module.apply, variables, batch["image"], tta_flip)
+  labels, mask = batch["label"], batch["mask"]
+  predicted = jnp.argmax(logits, -1)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  true_1hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
+  pred_1hot = jax.nn.one_hot(predicted, num_classes, dtype=jnp.int32)
+  return {
+    "loss": jnp.sum(loss * mask),
+    "correct": jnp.sum((predicted == labels) * mask),
+    "count": jnp.sum(mask),
+    "confusion": (true_1hot * mask.astype(jnp.int32)[:, None]).T @ pred_1hot,
+  }
+
+
+def evaluate(model: inference.Model, split: data.Split, batch_size: int):
+  """Scores of `model` on every image of `split`; images/s excludes the
+  compilation, which a warm-up batch pays for (`compile_s`)."""
+
+  def args(batch):
+    return (
+      model.module,
+      model.variables,
+      batch,
+      model.num_classes,
+      model.tta_flip,
+    )
+
+  batches = data.eval_batches(split, batch_size)
+  first = next(data.eval_batches(split, batch_size))
+  start = time.perf_counter()
+  jax.block_until_ready(eval_sums(*args(first)))
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  totals = None
+  for batch in batches:
+    sums = eval_sums(*args(batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)  # waits for the last batch
+  seconds = time.perf_counter() - start
+  confusion = np.asarray(totals["confusion"], np.int64)
+  per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+  return {
+    # float32 sums divided as in train.evaluate: equal to its numbers.
+    "loss": float(totals["loss"] / totals["count"]),
+    "accuracy": float(totals["correct"] / totals["count"]),
+    "examples": int(totals["count"]),
+    "per_class_accuracy": dict(zip(model.class_names, per_class.tolist())),
+    "confusion_matrix": confusion.tolist(),
+    "images_per_s": len(split) / seconds,
+    "compile_s": compile_s,
+    "batch_size": batch_size,
+    "device": jax.devices()[0].device_kind,  # jit runs on the first device
+  }
+
+
+def plot_confusion(confusion, class_names, path, title: str = "") -> None:
+  """Counts per (true, predicted) class pair; the diagonal is correct."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  confusion = np.asarray(confusion)
+  n = len(class_names)
+  side = max(5.0, 0.5 * n + 2)
+  fig, ax = plt.subplots(figsize=(side, side * 0.9))
+  im = ax.imshow(confusion, cmap="Blues")
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  ticks = np.arange(n)
+  ax.set_xticks(ticks, class_names, rotation=90 if n > 10 else 45, ha="right")
+  ax.set_yticks(ticks, class_names)
+  ax.set_xlabel("predicted class")
+  ax.set_ylabel("true class")
+  if n <= 20:  # readable counts in each cell
+    threshold = confusion.max() / 2
+    for (i, j), count in np.ndenumerate(confusion):
+      color = "white" if count > threshold else "black"
+      ax.text(j, i, str(count), ha="center", va="center", color=color, size=8)
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _training_test_result(model: inference.Model, dataset: str):
+  """test_result.json of the run, if it scored this very checkpoint."""
+  path = model.checkpoint.parents[2] / "test_result.json"
+  try:
+    result = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  same = (
+    result.get("checkpoint_step") == model.step
+    and model.checkpoint.parent.name == "best"
+    and dataset == model.config.dataset
+  )
+  return result if same else None
+
+
+def parse_args(argv=None):
+  parser = cli.ArgumentParser(
+    prog="python -m densenet_jax.evaluate",
+    description="Score a trained checkpoint on a data split.",
+  )
+  cli.add_checkpoint_arguments(parser)
+  parser.add_argument("--split", choices=data.SPLITS, default="test")
+  parser.add_argument(
+    "--dataset", help="TFDS name (default: the one the run trained on)"
+  )
+  parser.add_argument(
+    "--data-dir", help="TFDS data dir (default: the run's, or TFDS's)"
+  )
+  parser.add_argument(
+    "--batch-size",
+    type=cli.positive_int,
+    help="eval batch (default: the run's eval_batch_size)",
+  )
+  parser.add_argument(
+    "--output", help="folder for the JSON and PNG (default: WORKDIR/eval)"
+  )
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  """The command; user errors exit non-zero with one line."""
+  return cli.run(_main, argv)
+
+
+def _main(argv):
+  args = parse_args(argv)
+  model = inference.load(args.workdir, args.checkpoint)
+  config = model.config
+  name = args.dataset or config.dataset
+  dataset = data.load(
+    name, args.data_dir or config.data_dir, config.val_size, config.train_size
+  )
+  if dataset.num_classes != model.num_classes:
+    raise errors.UserError(
+      f"dataset {name} has {dataset.num_classes} classes, the model of "
+      f"{model.checkpoint} {model.num_classes}"
+    )
+  model.class_names = dataset.class_names
+  batch_size = args.batch_size or config.eval_batch_size
+  workdir = model.checkpoint.parents[2]
+  out = pathlib.Path(args.output) if args.output else workdir / "eval"
+  stem = f"{model.checkpoint.parent.name}_{args.split}"  # best_test
+  result = {
+    "checkpoint": str(model.checkpoint),
+    "step": model.step,
+    "model": config.model,
+    "dataset": name,
+    "split": args.split,
+    **evaluate(model, dataset.splits[args.split], batch_size),
+  }
+  trained = _training_test_result(model, name) if args.split == "test" else None
+  if trained:
+    result["training_test_accuracy"] = trained["test_accuracy"]
+  _print(result, model.class_names, trained)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_confusion(
+      result["confusion_matrix"],
+      model.class_names,
+      out / f"{stem}_confusion.png",
+      f"{config.model} on {name} {args.split}: accuracy "
+      f"{result['accuracy']:.4f} (step {model.step})",
+    )
+  except OSError as err:
+    raise errors.UserError(
+      f"cannot write results to {out}: {err.strerror}; pass --output DIR"
+    ) from None
+  print(f"wrote {out / stem}.json and {out / stem}_confusion.png")
+  return result
+
+
+def _print(result, class_names, trained) -> None:
+  print(
+    f"checkpoint {result['checkpoint']} (step {result['step']}): "
+    f"{result['model']} on {result['dataset']} {result['split']}, "
+    f"{result['examples']} images"
+  )
+  print(f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}")
+  if trained:
+    equal = trained["test_accuracy"] == result["accuracy"]
+    print(
+      f"  training reported test accuracy {trained['test_accuracy']!r} for "
+      f"this checkpoint: {'equal' if equal else 'DIFFERENT'}"
+    )
+  print("per-class accuracy:")
+  width = max(len(n) for n in class_names)
+  rows = result["confusion_matrix"]
+  for i, (name, acc) in enumerate(result["per_class_accuracy"].items()):
+    print(f"  {name:<{width}}  {acc:.4f}  ({rows[i][i]}/{sum(rows[i])})")
+  print(
+    f"{result['images_per_s']:,.0f} images/s on {result['device']}, batch "
+    f"{result['batch_size']} (compilation, {result['compile_s']:.1f} s, "
+    "excluded)"
+  )
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,132 @@
+"""evaluate: the training run's test score, its outputs, and bad input."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from densenet_jax import evaluate
+
+
+def test_evaluate_equals_what_training_reported(trained_workdir, capsys):
+  result = evaluate.main(["--workdir", str(trained_workdir)])
+  trained = json.loads((trained_workdir / "test_result.json").read_text())
+  assert result["accuracy"] == trained["test_accuracy"]  # to the last bit
+  np.testing.assert_allclose(result["loss"], trained["test_loss"], rtol=1e-6)
+  assert result["examples"] == trained["test_examples"] == 500
+  assert result["step"] == trained["checkpoint_step"]
+  confusion = np.array(result["confusion_matrix"])
+  assert confusion.shape == (10, 10) and confusion.sum() == 500
+  assert np.trace(confusion) == round(result["accuracy"] * 500)
+  assert list(result["per_class_accuracy"]) == [f"class{i}" for i in range(10)]
+  assert result["images_per_s"] > 0
+  out = capsys.readouterr().out
+  assert "for this checkpoint: equal" in out
+  assert "images/s" in out and "class9" in out
+  saved = json.loads((trained_workdir / "eval" / "best_test.json").read_text())
+  assert saved["accuracy"] == result["accuracy"]
+  assert (trained_workdir / "eval" / "best_test_confusion.png").stat().st_size
+
+
+def test_evaluate_another_split_into_another_folder(
+  trained_workdir, tmp_path, unchanged
+):
+  with unchanged(trained_workdir):
+    result = evaluate.main(
+      [
+        "--workdir",
+        str(trained_workdir / "checkpoints" / "latest"),
+        "--split",
+        "validation",
+        "--batch-size",
+        "64",
+        "--output",
+        str(tmp_path),
+      ]
+    )
+  assert result["examples"] == 64  # the smoke config's val_size
+  assert result["split"] == "validation"
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    "latest_validation.json",
+    "latest_validation_confusion.png",
+  ]
+
+
+def _set_config(workdir, **changes):
+  path = workdir / "config.json"
+  config = json.loads(path.read_text())
+  config.update(changes)
+  path.write_text(json.dumps(config))
+
+
+def _damage(workdir, how):
+  """Returns the expected message after damaging the copy `workdir`."""
+  step = next((workdir / "checkpoints" / "best").iterdir())
+  if how == "missing":
+    shutil.rmtree(workdir)
+    return "workdir .*run does not exist"
+  if how == "empty":
+    shutil.rmtree(workdir)
+    workdir.mkdir()
+    return "workdir .*run is empty: train into it first"
+  if how == "truncated":  # a copy cut short: no state item
+    shutil.rmtree(step / "state")
+    return f"cannot read checkpoint {step}"
+  if how == "corrupted":
+    for path in (step / "state").rglob("d/*"):
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return f"cannot read checkpoint {step} \\(truncated or corrupted\\?\\)"
+  if how == "other preset":
+    _set_config(workdir, model="reference")
+    return (
+      f"checkpoint {step} was not made by model 'reference' with 10 classes"
+      " \\(synthetic\\), as .*config.json says: params/\\S+ has shape "
+    )
+  if how == "other class count":
+    _set_config(workdir, dataset="cifar100")
+    return (
+      "not made by model 'tiny' with 100 classes \\(cifar100\\), as "
+      ".*config.json says: params/classifier/bias has shape \\(10,\\) there, "
+      "\\(100,\\) expected"
+    )
+  raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+  "how",
+  [
+    "missing",
+    "empty",
+    "truncated",
+    "corrupted",
+    "other preset",
+    "other class count",
+  ],
+)
+def test_bad_workdirs_fail_clearly_and_change_nothing(
+  workdir_copy, how, cli_error, unchanged
+):
+  expected = _damage(workdir_copy, how)
+  parent = workdir_copy.parent
+  with unchanged(parent):
+    message = cli_error(evaluate.main, ["--workdir", workdir_copy])
+  assert re.search(expected, message), message
+
+
+@pytest.mark.parametrize(
+  "args, expected",
+  [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; choose one of"),
+    (["--split", "tset"], "argument --split: invalid choice: 'tset'"),
+    (["--batch-size", "0"], "--batch-size: must be a positive integer, not 0"),
+    (["--checkpoint", "worst"], "--checkpoint: invalid choice: 'worst'"),
+  ],
+)
+def test_bad_arguments_fail_clearly_and_change_nothing(
+  trained_workdir, args, expected, cli_error, unchanged
+):
+  with unchanged(trained_workdir):
+    message = cli_error(evaluate.main, ["--workdir", trained_workdir, *args])
+  assert expected in message
