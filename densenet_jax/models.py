@@ -12,9 +12,10 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from densenet_jax import errors
+from densenet_jax import errors, layers
 
 KERAS_BN_EPSILON = 1.001e-5  # keras.applications.densenet's epsilon
 STEM_BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default
@@ -27,18 +28,19 @@ class DenseLayer(nn.Module):
   growth_rate: int
   bottleneck_width: int
   norm: Any
+  conv: Any = nn.Conv
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
     y = x
     if self.bottleneck_width:
-      y = nn.relu(self.norm(name="bn1")(y))
+      y = self.norm(relu=True, name="bn1")(y)
       y = conv(self.bottleneck_width * self.growth_rate, (1, 1), name="conv1")(
         y
       )
-    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.norm(relu=True, name="bn2")(y)
     y = conv(self.growth_rate, (3, 3), name="conv2")(y)
     return jnp.concatenate([x, y], axis=-1)
 
@@ -50,6 +52,7 @@ class DenseBlock(nn.Module):
   growth_rate: int
   bottleneck_width: int
   norm: Any
+  conv: Any = nn.Conv
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -59,6 +62,7 @@ class DenseBlock(nn.Module):
         self.growth_rate,
         self.bottleneck_width,
         self.norm,
+        self.conv,
         self.dtype,
         name=f"layer{i}",
       )(x)
@@ -70,12 +74,13 @@ class Transition(nn.Module):
 
   reduction: float
   norm: Any
+  conv: Any = nn.Conv
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(self.norm(name="bn")(x))
-    x = nn.Conv(
+    x = self.norm(relu=True, name="bn")(x)
+    x = self.conv(
       int(x.shape[-1] * self.reduction),
       (1, 1),
       use_bias=False,
@@ -104,6 +109,8 @@ class DenseNet(nn.Module):
     bn_axis_name: named mapped axis over which BatchNorm averages batch
       statistics (set by the pmapped train step so that N devices see the
       statistics of the whole global batch).
+    impl: 'fast' (default) or 'flax': the layers of densenet_jax.layers,
+      or plain flax ones; the same variables and math either way.
   """
 
   blocks: Sequence[int] = (4, 8, 16)
@@ -118,11 +125,17 @@ class DenseNet(nn.Module):
   stem_bias: bool = True
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  impl: str = "fast"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.impl not in layers.IMPLS:
+      raise errors.UserError(
+        f"unknown impl {self.impl!r}; choose one of {sorted(layers.IMPLS)}"
+      )
+    conv, batch_norm = layers.IMPLS[self.impl]
     norm = functools.partial(
-      nn.BatchNorm,
+      batch_norm,
       use_running_average=not train,
       momentum=BN_MOMENTUM,
       epsilon=KERAS_BN_EPSILON,
@@ -130,7 +143,7 @@ class DenseNet(nn.Module):
       axis_name=self.bn_axis_name if train else None,
     )
     x = x.astype(self.dtype)
-    x = nn.Conv(
+    x = conv(
       self.stem_features,
       (3, 3),
       use_bias=self.stem_bias,
@@ -147,14 +160,15 @@ class DenseNet(nn.Module):
         self.growth_rate,
         self.bottleneck_width,
         norm,
+        conv,
         self.dtype,
         name=f"block{b}",
       )(x)
       if b < len(self.blocks) - 1 or self.transition_after_last:
-        x = Transition(self.reduction, norm, self.dtype, name=f"transition{b}")(
-          x
-        )
-    x = nn.relu(norm(name="final_bn")(x))
+        x = Transition(
+          self.reduction, norm, conv, self.dtype, name=f"transition{b}"
+        )(x)
+    x = norm(relu=True, name="final_bn")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
     return x.astype(jnp.float32)
@@ -202,8 +216,6 @@ def create_model(preset: str, **overrides) -> DenseNet:
 def summary(model: DenseNet, image_shape=(32, 32, 3), depth: int = 1) -> str:
   """The layer/parameter table (flax nn.tabulate) for a batch of one;
   depth=1 lists blocks and transitions, larger depths their layers."""
-  import jax
-
   table = nn.tabulate(
     model, jax.random.key(0), depth=depth, console_kwargs={"width": 120}
   )
