@@ -18,11 +18,12 @@ only in how XLA is asked to compute it (measurements: experiments/README.md):
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -123,15 +124,15 @@ class Conv(nn.Module):
     if tuple(self.kernel_size) == (1, 1):
       y = x.reshape(-1, x.shape[-1]) @ kernel[0, 0]
       y = y.reshape(x.shape[:-1] + (self.features,))
-    else:
+    elif jax.default_backend() == "cpu":
       y = conv_same(x, kernel)
+    else:  # measured on CPU only; GPUs keep XLA's (cuDNN's) kernel gradient
+      y = _conv_same(x, kernel)
     return y if bias is None else y + bias
 
 
-def _sum(x, axis_name):
-  """Sum over all axes but the last, then over the named device axis."""
-  s = jnp.sum(x, axis=tuple(range(x.ndim - 1)))
-  return s if axis_name is None else lax.psum(s, axis_name)
+def _channel_sums(x):
+  return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
 
 
 def _count(x, axis_name):
@@ -140,43 +141,57 @@ def _count(x, axis_name):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def batch_norm_train(x, scale, bias, epsilon, relu, axis_name):
-  """Training-mode BatchNorm over all axes but the last, optionally ReLU.
+def batch_norm_train(xs, scale, bias, epsilon, relu, axis_name):
+  """Training-mode BatchNorm of the channel-wise concatenation of the feature
+  maps `xs` over all axes but the last, then ReLU if `relu`.
 
-  Returns (y, mean, var): the batch statistics (float32, over the devices of
-  `axis_name` too) feed the running averages and are not differentiated.
-  The variance is E[x^2] - E[x]^2 clipped at 0, as flax's BatchNorm.
+  Returns (y, mean, var), y the normalised concatenation, never
+  materialising the concatenation itself; mean and var (float32, over the
+  devices of `axis_name` too) feed the running averages and are not
+  differentiated. The variance is E[x^2] - E[x]^2 clipped at 0, as flax's.
+  Per-map statistics are the same expressions in every layer that reads a
+  map, so XLA computes them once per dense block.
   """
-  return _bn_forward(x, scale, bias, epsilon, relu, axis_name)[0]
+  return _bn_forward(xs, scale, bias, epsilon, relu, axis_name)[0]
 
 
-def _bn_forward(x, scale, bias, epsilon, relu, axis_name):
-  xf = x.astype(jnp.float32)
-  n = _count(x, axis_name)
-  mean = _sum(xf, axis_name) / n
-  var = jnp.maximum(0.0, _sum(xf * xf, axis_name) / n - mean * mean)
+def _bn_forward(xs, scale, bias, epsilon, relu, axis_name):
+  n = _count(xs[0], axis_name)
+  sums = []
+  for x in xs:
+    xf = x.astype(jnp.float32)
+    sums.append(jnp.stack([_channel_sums(xf), _channel_sums(xf * xf)]))
+  sums = jnp.concatenate(sums, axis=-1)
+  if axis_name is not None:
+    sums = lax.psum(sums, axis_name)
+  mean = sums[0] / n
+  var = jnp.maximum(0.0, sums[1] / n - mean * mean)
   rstd = lax.rsqrt(var + epsilon)
   a = scale * rstd
   b = bias - mean * a
-  y = xf * a + b
+  y = jnp.concatenate([x.astype(jnp.float32) for x in xs], axis=-1) * a + b
   if relu:
     y = jnp.maximum(y, 0.0)
-  return (y.astype(x.dtype), mean, var), (x, a, b, mean, rstd)
-
-
-def _bn_fwd(x, scale, bias, epsilon, relu, axis_name):
-  return _bn_forward(x, scale, bias, epsilon, relu, axis_name)
+  return (y.astype(xs[0].dtype), mean, var), (xs, a, b, mean, rstd)
 
 
 def _bn_bwd(epsilon, relu, axis_name, res, cotangents):
   # The statistics' cotangents are ignored: callers stop their gradient.
-  x, a, b, mean, rstd = res
+  xs, a, b, mean, rstd = res
   g = cotangents[0].astype(jnp.float32)
-  xf = x.astype(jnp.float32)
-  if relu:
-    g = jnp.where(xf * a + b > 0, g, 0.0)
-  local_g = jnp.sum(g, axis=tuple(range(x.ndim - 1)))
-  local_gx = jnp.sum(g * xf, axis=tuple(range(x.ndim - 1)))
+  offsets = np.cumsum([0] + [x.shape[-1] for x in xs])
+  chunks = [slice(lo, hi) for lo, hi in zip(offsets[:-1], offsets[1:])]
+  # Per feature map: its slice of the output gradient, ReLU-masked.
+  gs = []
+  for x, c in zip(xs, chunks):
+    gc = g[..., c]
+    if relu:
+      gc = jnp.where(x.astype(jnp.float32) * a[c] + b[c] > 0, gc, 0.0)
+    gs.append(gc)
+  local_g = jnp.concatenate([_channel_sums(gc) for gc in gs])
+  local_gx = jnp.concatenate(
+    [_channel_sums(gc * x.astype(jnp.float32)) for gc, x in zip(gs, xs)]
+  )
   # Parameter gradients stay per device (the train step averages them);
   # the input gradient needs the sums over all devices' examples.
   dbias = local_g
@@ -185,19 +200,27 @@ def _bn_bwd(epsilon, relu, axis_name, res, cotangents):
     sum_g, sum_gxhat = dbias, dscale
   else:
     sum_g, sum_gxhat = lax.psum((dbias, dscale), axis_name)
-  n = _count(x, axis_name)
+  n = _count(xs[0], axis_name)
   k1 = -a * rstd * sum_gxhat / n
   k0 = -a * sum_g / n - k1 * mean
-  dx = (g * a + xf * k1 + k0).astype(x.dtype)
-  return dx, dscale, dbias
+  dxs = tuple(
+    (gc * a[c] + x.astype(jnp.float32) * k1[c] + k0[c]).astype(x.dtype)
+    for x, gc, c in zip(xs, gs, chunks)
+  )
+  return dxs, dscale, dbias
 
 
-batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+batch_norm_train.defvjp(_bn_forward, _bn_bwd)
+
+
+def _as_list(x):
+  return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 class BatchNorm(nn.Module):
   """nn.BatchNorm over the last axis (same variables and math), then a ReLU
-  when `relu`; training mode runs batch_norm_train."""
+  when `relu`. Takes a feature map or a list of them to concatenate along
+  channels; training mode runs batch_norm_train."""
 
   use_running_average: bool = False
   momentum: float = 0.99
@@ -208,21 +231,23 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    features = (x.shape[-1],)
+    xs = _as_list(x)
+    features = (sum(x.shape[-1] for x in xs),)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features)
     ra_var = self.variable("batch_stats", "var", jnp.ones, features)
     scale = self.param("scale", nn.initializers.ones, features)
     bias = self.param("bias", nn.initializers.zeros, features)
-    dtype = self.dtype or jnp.result_type(x, scale)
-    x = x.astype(dtype)
+    dtype = self.dtype or jnp.result_type(xs[0], scale)
+    xs = tuple(x.astype(dtype) for x in xs)
     if self.use_running_average:
       a = scale * lax.rsqrt(ra_var.value + self.epsilon)
-      y = x.astype(jnp.float32) * a + (bias - ra_mean.value * a)
+      x = jnp.concatenate([x.astype(jnp.float32) for x in xs], axis=-1)
+      y = x * a + (bias - ra_mean.value * a)
       y = jnp.maximum(y, 0.0) if self.relu else y
       return y.astype(dtype)
     axis_name = None if self.is_initializing() else self.axis_name
     y, mean, var = batch_norm_train(
-      x, scale, bias, self.epsilon, self.relu, axis_name
+      xs, scale, bias, self.epsilon, self.relu, axis_name
     )
     if not self.is_initializing():
       m = self.momentum
@@ -232,18 +257,42 @@ class BatchNorm(nn.Module):
 
 
 class FlaxBatchNorm(nn.BatchNorm):
-  """The straightforward reference: nn.BatchNorm, then nn.relu if `relu`."""
+  """The straightforward reference: the concatenation of a feature map or a
+  list of them, nn.BatchNorm, then nn.relu if `relu`."""
 
   relu: bool = False
 
   @nn.compact
   def __call__(self, x):
+    x = jnp.concatenate(_as_list(x), axis=-1)
     y = super().__call__(x)
     return nn.relu(y) if self.relu else y
 
 
-# impl name -> (convolution, BatchNorm) modules; nn.Conv pads 'SAME' too.
+def avg_pool_2x2(x):
+  """nn.avg_pool(x, (2, 2), strides=(2, 2)) as a reshape and a mean."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def flax_avg_pool_2x2(x):
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class Impl(NamedTuple):
+  """The layers a DenseNet is built from."""
+
+  conv: Any  # nn.Conv(features, kernel_size, use_bias, dtype)'s signature
+  batch_norm: Any  # BatchNorm's signature: a map or a list of them, `relu`
+  avg_pool_2x2: Callable
+  # A transition's 1x1 convolution and 2x2 average pooling are linear maps
+  # acting on channels and on pixels: they commute. Pooling first gives the
+  # same function with a quarter of the convolution's work.
+  pool_before_conv: bool
+
+
 IMPLS = {
-  "fast": (Conv, BatchNorm),
-  "flax": (nn.Conv, FlaxBatchNorm),
+  "fast": Impl(Conv, BatchNorm, avg_pool_2x2, pool_before_conv=True),
+  # nn.Conv's default padding is 'SAME' too.
+  "flax": Impl(nn.Conv, FlaxBatchNorm, flax_avg_pool_2x2, False),
 }

@@ -23,7 +23,10 @@ BN_MOMENTUM = 0.99  # Keras' default moving-average momentum
 
 
 class DenseLayer(nn.Module):
-  """BN-ReLU-conv1x1(bottleneck)-BN-ReLU-conv3x3(growth), concatenated on x."""
+  """BN-ReLU-conv1x1(bottleneck)-BN-ReLU-conv3x3(growth) of the channel-wise
+  concatenation of `features`, the block's feature maps so far; returns the
+  `growth_rate` new channels. (The norm layers take the list: the fast one
+  never materialises the concatenation.)"""
 
   growth_rate: int
   bottleneck_width: int
@@ -32,21 +35,22 @@ class DenseLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, features):
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
-    y = x
+    y = features
     if self.bottleneck_width:
       y = self.norm(relu=True, name="bn1")(y)
       y = conv(self.bottleneck_width * self.growth_rate, (1, 1), name="conv1")(
         y
       )
     y = self.norm(relu=True, name="bn2")(y)
-    y = conv(self.growth_rate, (3, 3), name="conv2")(y)
-    return jnp.concatenate([x, y], axis=-1)
+    return conv(self.growth_rate, (3, 3), name="conv2")(y)
 
 
 class DenseBlock(nn.Module):
-  """`num_layers` DenseLayers, each adding `growth_rate` channels."""
+  """`num_layers` DenseLayers, each adding `growth_rate` channels; returns
+  the list of feature maps (input first) whose concatenation is the block's
+  output."""
 
   num_layers: int
   growth_rate: int
@@ -57,16 +61,18 @@ class DenseBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    features = [x]
     for i in range(self.num_layers):
-      x = DenseLayer(
+      y = DenseLayer(
         self.growth_rate,
         self.bottleneck_width,
         self.norm,
         self.conv,
         self.dtype,
         name=f"layer{i}",
-      )(x)
-    return x
+      )(features)
+      features.append(y)
+    return features
 
 
 class Transition(nn.Module):
@@ -74,20 +80,22 @@ class Transition(nn.Module):
 
   reduction: float
   norm: Any
-  conv: Any = nn.Conv
+  impl: layers.Impl = layers.IMPLS["flax"]
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     x = self.norm(relu=True, name="bn")(x)
-    x = self.conv(
+    conv = self.impl.conv(
       int(x.shape[-1] * self.reduction),
       (1, 1),
       use_bias=False,
       dtype=self.dtype,
       name="conv",
-    )(x)
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    )
+    if self.impl.pool_before_conv:
+      return conv(self.impl.avg_pool_2x2(x))
+    return self.impl.avg_pool_2x2(conv(x))
 
 
 class DenseNet(nn.Module):
@@ -133,9 +141,10 @@ class DenseNet(nn.Module):
       raise errors.UserError(
         f"unknown impl {self.impl!r}; choose one of {sorted(layers.IMPLS)}"
       )
-    conv, batch_norm = layers.IMPLS[self.impl]
+    impl = layers.IMPLS[self.impl]
+    conv = impl.conv
     norm = functools.partial(
-      batch_norm,
+      impl.batch_norm,
       use_running_average=not train,
       momentum=BN_MOMENTUM,
       epsilon=KERAS_BN_EPSILON,
@@ -166,7 +175,7 @@ class DenseNet(nn.Module):
       )(x)
       if b < len(self.blocks) - 1 or self.transition_after_last:
         x = Transition(
-          self.reduction, norm, conv, self.dtype, name=f"transition{b}"
+          self.reduction, norm, impl, self.dtype, name=f"transition{b}"
         )(x)
     x = norm(relu=True, name="final_bn")(x)
     x = jnp.mean(x, axis=(1, 2))
