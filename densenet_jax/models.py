@@ -12,9 +12,10 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from densenet_jax import errors
+from densenet_jax import errors, layers
 
 KERAS_BN_EPSILON = 1.001e-5  # keras.applications.densenet's epsilon
 STEM_BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default
@@ -22,47 +23,56 @@ BN_MOMENTUM = 0.99  # Keras' default moving-average momentum
 
 
 class DenseLayer(nn.Module):
-  """BN-ReLU-conv1x1(bottleneck)-BN-ReLU-conv3x3(growth), concatenated on x."""
+  """BN-ReLU-conv1x1(bottleneck)-BN-ReLU-conv3x3(growth) of the channel-wise
+  concatenation of `features`, the block's feature maps so far; returns the
+  `growth_rate` new channels. (The norm layers take the list: the fast one
+  never materialises the concatenation.)"""
 
   growth_rate: int
   bottleneck_width: int
   norm: Any
+  conv: Any = nn.Conv
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    y = x
+  def __call__(self, features):
+    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
+    y = features
     if self.bottleneck_width:
-      y = nn.relu(self.norm(name="bn1")(y))
+      y = self.norm(relu=True, name="bn1")(y)
       y = conv(self.bottleneck_width * self.growth_rate, (1, 1), name="conv1")(
         y
       )
-    y = nn.relu(self.norm(name="bn2")(y))
-    y = conv(self.growth_rate, (3, 3), name="conv2")(y)
-    return jnp.concatenate([x, y], axis=-1)
+    y = self.norm(relu=True, name="bn2")(y)
+    return conv(self.growth_rate, (3, 3), name="conv2")(y)
 
 
 class DenseBlock(nn.Module):
-  """`num_layers` DenseLayers, each adding `growth_rate` channels."""
+  """`num_layers` DenseLayers, each adding `growth_rate` channels; returns
+  the list of feature maps (input first) whose concatenation is the block's
+  output."""
 
   num_layers: int
   growth_rate: int
   bottleneck_width: int
   norm: Any
+  conv: Any = nn.Conv
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    features = [x]
     for i in range(self.num_layers):
-      x = DenseLayer(
+      y = DenseLayer(
         self.growth_rate,
         self.bottleneck_width,
         self.norm,
+        self.conv,
         self.dtype,
         name=f"layer{i}",
-      )(x)
-    return x
+      )(features)
+      features.append(y)
+    return features
 
 
 class Transition(nn.Module):
@@ -70,19 +80,22 @@ class Transition(nn.Module):
 
   reduction: float
   norm: Any
+  impl: layers.Impl = layers.IMPLS["flax"]
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(self.norm(name="bn")(x))
-    x = nn.Conv(
+    x = self.norm(relu=True, name="bn")(x)
+    conv = self.impl.conv(
       int(x.shape[-1] * self.reduction),
       (1, 1),
       use_bias=False,
       dtype=self.dtype,
       name="conv",
-    )(x)
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    )
+    if self.impl.pool_before_conv:
+      return conv(self.impl.avg_pool_2x2(x))
+    return self.impl.avg_pool_2x2(conv(x))
 
 
 class DenseNet(nn.Module):
@@ -104,6 +117,8 @@ class DenseNet(nn.Module):
     bn_axis_name: named mapped axis over which BatchNorm averages batch
       statistics (set by the pmapped train step so that N devices see the
       statistics of the whole global batch).
+    impl: 'fast' (default) or 'flax': the layers of densenet_jax.layers,
+      or plain flax ones; the same variables and math either way.
   """
 
   blocks: Sequence[int] = (4, 8, 16)
@@ -118,11 +133,18 @@ class DenseNet(nn.Module):
   stem_bias: bool = True
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  impl: str = "fast"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.impl not in layers.IMPLS:
+      raise errors.UserError(
+        f"unknown impl {self.impl!r}; choose one of {sorted(layers.IMPLS)}"
+      )
+    impl = layers.IMPLS[self.impl]
+    conv = impl.conv
     norm = functools.partial(
-      nn.BatchNorm,
+      impl.batch_norm,
       use_running_average=not train,
       momentum=BN_MOMENTUM,
       epsilon=KERAS_BN_EPSILON,
@@ -130,7 +152,7 @@ class DenseNet(nn.Module):
       axis_name=self.bn_axis_name if train else None,
     )
     x = x.astype(self.dtype)
-    x = nn.Conv(
+    x = conv(
       self.stem_features,
       (3, 3),
       use_bias=self.stem_bias,
@@ -147,14 +169,15 @@ class DenseNet(nn.Module):
         self.growth_rate,
         self.bottleneck_width,
         norm,
+        conv,
         self.dtype,
         name=f"block{b}",
       )(x)
       if b < len(self.blocks) - 1 or self.transition_after_last:
-        x = Transition(self.reduction, norm, self.dtype, name=f"transition{b}")(
-          x
-        )
-    x = nn.relu(norm(name="final_bn")(x))
+        x = Transition(
+          self.reduction, norm, impl, self.dtype, name=f"transition{b}"
+        )(x)
+    x = norm(relu=True, name="final_bn")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
     return x.astype(jnp.float32)
@@ -227,8 +250,6 @@ def eval_logits(apply_fn, variables, images, tta_flip: bool = False):
 def summary(model: DenseNet, image_shape=(32, 32, 3), depth: int = 1) -> str:
   """The layer/parameter table (flax nn.tabulate) for a batch of one;
   depth=1 lists blocks and transitions, larger depths their layers."""
-  import jax
-
   table = nn.tabulate(
     model, jax.random.key(0), depth=depth, console_kwargs={"width": 120}
   )

@@ -37,6 +37,7 @@ from densenet_jax import (
   models,
   optim,
   reporting,
+  xla_flags,
 )
 
 AXIS = "batch"  # the pmapped device axis
@@ -72,19 +73,21 @@ class ConfigError(errors.UserError):
 
 
 def create_model(config, num_classes: int, axis_name=None) -> models.DenseNet:
-  return _cached_model(config.model, num_classes, config.dtype, axis_name)
+  impl = config.get("impl", "fast")
+  return _cached_model(config.model, num_classes, config.dtype, axis_name, impl)
 
 
 # Models and optimizers are static parts of the TrainState, hence of the
 # compiled steps' cache keys: equal settings must give identical objects so
 # that runs in one process (tests, notebooks, resumes) reuse compilations.
 @functools.lru_cache(maxsize=None)
-def _cached_model(preset, num_classes, dtype, axis_name):
+def _cached_model(preset, num_classes, dtype, axis_name, impl):
   return models.create_model(
     preset,
     num_classes=num_classes,
     dtype=jnp.dtype(dtype),
     bn_axis_name=axis_name,
+    impl=impl,
   )
 
 
@@ -609,6 +612,7 @@ def parse_config(argv=None):
 
 
 def main(argv=None):
+  xla_flags.apply_defaults()  # before JAX starts its backend
   try:
     args, config = parse_config(argv)
     distributed.initialize(

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densenet_jax import errors, models
+from densenet_jax import errors, layers, models
 
 
 def param_count(model):
@@ -50,16 +50,17 @@ def test_reference_shapes_and_channel_counts():
   assert out.shape == (2, 10)
 
 
-def test_batchnorm_epsilons_and_momentum_follow_keras():
+@pytest.mark.parametrize("impl", ["fast", "flax"])
+def test_batchnorm_epsilons_and_momentum_follow_keras(impl):
   seen = {}
 
   def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.BatchNorm):
+    if isinstance(context.module, (nn.BatchNorm, layers.BatchNorm)):
       module = context.module
       seen["/".join(module.scope.path)] = (module.epsilon, module.momentum)
     return next_fun(*args, **kwargs)
 
-  model = models.create_model("reference")
+  model = models.create_model("reference", impl=impl)
   with nn.intercept_methods(record):
     jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
   assert seen.pop("stem_bn") == (1e-3, 0.99)  # Keras' default BatchNorm

@@ -16,6 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Model.
   config.model = "reference"  # a preset of densenet_jax.models.PRESETS
   config.dtype = "float32"  # computation dtype: float32 or bfloat16
+  # Layer implementation, same math and checkpoints: "fast" (CPU-tuned
+  # densenet_jax.layers) or "flax" (plain flax layers).
+  config.impl = "fast"
 
   # Data.
   config.dataset = "cifar10"  # a TFDS name: cifar10 or cifar100

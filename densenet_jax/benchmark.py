@@ -1,0 +1,338 @@
+"""Throughput of the training and eval steps that train.py runs.
+
+    python -m densenet_jax.benchmark                    # reference, batch 128
+    python -m densenet_jax.benchmark --dtype bfloat16 --batch-size 256
+    python -m densenet_jax.benchmark --devices 2        # 2 fake CPU devices
+    python -m densenet_jax.benchmark --mode pipeline --dataset cifar10
+
+Images per second are medians over --repeats timed runs of --steps steps,
+after a warm-up; compilation is timed separately. `--mode model` (default)
+feeds one synthetic batch that stays on the devices to the train step
+without augmentation: the model's cost, comparable to the peers in
+experiments/. `--mode pipeline` times the augmenting train step of a real
+run, fed from the in-memory data set through data.train_batches, and each
+part alone: the host batches, the augmentation, the step on a resident
+batch. Prints a table; --json writes the numbers (- for stdout, one line).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+    prog="python -m densenet_jax.benchmark", description=__doc__.split("\n")[0]
+  )
+  parser.add_argument("--model", default="reference", help="preset name")
+  parser.add_argument("--impl", default="fast", choices=("fast", "flax"))
+  parser.add_argument("--batch-size", type=int, default=128, help="global")
+  parser.add_argument("--eval-batch-size", type=int, help="default: batch")
+  parser.add_argument(
+    "--dtype", default="float32", choices=("float32", "bfloat16")
+  )
+  parser.add_argument(
+    "--devices",
+    type=int,
+    help="CPU only: fake this many devices (XLA's host device count)",
+  )
+  parser.add_argument(
+    "--mode", default="model", choices=("model", "pipeline", "eval")
+  )
+  parser.add_argument(
+    "--dataset",
+    default="synthetic",
+    help="pipeline mode: cifar10, cifar100 or synthetic",
+  )
+  parser.add_argument("--data-dir")
+  parser.add_argument("--steps", type=int, default=4, help="per timed run")
+  parser.add_argument("--repeats", type=int, default=3, help="timed runs")
+  parser.add_argument("--warmup", type=int, default=1, help="untimed steps")
+  parser.add_argument(
+    "--no-xla-defaults",
+    action="store_true",
+    help="do not add densenet_jax.xla_flags' CPU flags",
+  )
+  parser.add_argument("--json", metavar="PATH", help="write results; - prints")
+  return parser.parse_args(argv)
+
+
+def _median_rate(fn, images: int, steps: int, repeats: int) -> dict:
+  """Images/s of `steps` calls of fn (which blocks at the end), per run."""
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn(steps)
+    rates.append(images * steps / (time.perf_counter() - start))
+  return {"img_s": statistics.median(rates), "runs": rates}
+
+
+def _peak_host_mb() -> float:
+  # ru_maxrss is in KiB on Linux, bytes on macOS.
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _device_peak_mb(jax):
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**20
+
+
+def _environment(jax, args) -> dict:
+  def git(*cmd):
+    try:
+      out = subprocess.run(
+        ("git",) + cmd,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(__file__),
+        timeout=10,
+      )
+      return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+      return None
+
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(
+        line.split(":", 1)[1].strip() for line in f if "model name" in line
+      )
+  except (OSError, StopIteration):
+    pass
+  return {
+    "commit": git("rev-parse", "--short", "HEAD"),
+    "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "device_count": jax.device_count(),
+    "cpu": cpu,
+    "cpu_count": os.cpu_count(),
+    "load_avg": [round(x, 2) for x in os.getloadavg()],
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def run(args) -> dict:
+  """Compiles and times the steps `args` describe; returns the numbers."""
+  import flax.jax_utils
+  import jax
+  import jax.numpy as jnp
+
+  from densenet_jax import augment, configs, data, train
+
+  config = configs.load("default")
+  config.model, config.dtype, config.impl = args.model, args.dtype, args.impl
+  config.batch_size = args.batch_size
+  config.eval_batch_size = args.eval_batch_size or args.batch_size
+  train.check_batch_sizes(config, jax.device_count())
+  n_dev = jax.local_device_count()
+  if args.mode == "pipeline":
+    val_size = 100 if args.dataset == "synthetic" else config.val_size
+    dataset = data.load(args.dataset, args.data_dir, val_size, progress=False)
+    split = dataset.splits["train"]
+    num_classes = dataset.num_classes
+  else:
+    split = data.synthetic_split(max(config.batch_size, 1), seed=0)
+    num_classes = 10
+  model = train.create_model(config, num_classes, axis_name=train.AXIS)
+  state = train.create_train_state(config, model, split.images.shape[1:])
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  augment_config = (
+    augment.AugmentConfig.from_config(config.augment)
+    if args.mode == "pipeline"
+    else None
+  )
+  p_train, p_eval = train.make_steps(augment_config)
+  rstate = flax.jax_utils.replicate(state)
+  batch = next(
+    data.train_batches(split, config.batch_size, config.seed, epoch=0)
+  )
+  # A batch already on the devices: the step alone, no host transfer.
+  resident = jax.pmap(lambda x: x)(data.shard(batch, n_dev))
+  eval_batch = next(data.eval_batches(split, config.eval_batch_size))
+  eval_resident = jax.pmap(lambda x: x)(data.shard(eval_batch, n_dev))
+
+  result = {
+    "model": config.model,
+    "impl": args.impl,
+    "params": int(n_params),
+    "batch_size": config.batch_size,
+    "eval_batch_size": config.eval_batch_size,
+    "dtype": config.dtype,
+    "mode": args.mode,
+    "dataset": args.dataset if args.mode == "pipeline" else "synthetic",
+  }
+  result["env"] = _environment(jax, args)
+  timed = {}
+  holder = {"state": rstate}  # the train step donates (consumes) its state
+
+  if args.mode != "eval":
+    start = time.perf_counter()
+    train_exe = p_train.lower(rstate, resident).compile()
+    result["train_compile_s"] = time.perf_counter() - start
+    memory = train_exe.memory_analysis()
+    if memory is not None:
+      result["train_temp_mb"] = memory.temp_size_in_bytes / 2**20
+
+    def train_steps(n, batches=None):
+      for _ in range(n):
+        b = resident if batches is None else data.shard(next(batches), n_dev)
+        holder["state"], metrics = train_exe(holder["state"], b)
+      jax.block_until_ready(metrics)
+
+    train_steps(args.warmup)
+    timed["train"] = _median_rate(
+      train_steps, config.batch_size, args.steps, args.repeats
+    )
+
+  start = time.perf_counter()
+  eval_exe = p_eval.lower(holder["state"], eval_resident).compile()
+  result["eval_compile_s"] = time.perf_counter() - start
+
+  def eval_steps(n):
+    for _ in range(n):
+      sums = eval_exe(holder["state"], eval_resident)
+    jax.block_until_ready(sums)
+
+  eval_steps(args.warmup)
+  timed["eval"] = _median_rate(
+    eval_steps, config.eval_batch_size, args.steps, args.repeats
+  )
+
+  if args.mode == "pipeline":
+    # Host batches alone: shuffled gathers from the in-memory split.
+    def host_batches(n):
+      batches = data.train_batches(
+        split, config.batch_size, 0, epoch=1, num_steps=10**9
+      )
+      for _ in range(n):
+        data.shard(next(batches), n_dev)
+
+    timed["host_batches"] = _median_rate(
+      host_batches, config.batch_size, 10 * args.steps, args.repeats
+    )
+    # Augmentation alone, jitted, on one device's share of the batch.
+    images = jnp.asarray(batch["image"][: config.batch_size // n_dev])
+    augment_fn = jax.jit(
+      lambda key, x: augment.augment_batch(key, x / 255.0, augment_config)
+    )
+    jax.block_until_ready(augment_fn(jax.random.key(0), images))
+
+    def augment_steps(n):
+      for i in range(n):
+        out = augment_fn(jax.random.key(i), images)
+      jax.block_until_ready(out)
+
+    timed["augment"] = _median_rate(
+      augment_steps, images.shape[0], 10 * args.steps, args.repeats
+    )
+    # The augmenting train step fed by the host pipeline, as in training.
+    batches = data.train_batches(
+      split, config.batch_size, config.seed, epoch=2, num_steps=10**9
+    )
+    train_steps(args.warmup, batches)
+    timed["train_pipeline"] = _median_rate(
+      lambda n: train_steps(n, batches),
+      config.batch_size,
+      args.steps,
+      args.repeats,
+    )
+
+  for name, t in timed.items():
+    result[f"{name}_img_s"] = t["img_s"]
+    result[f"{name}_runs_img_s"] = t["runs"]
+  result["peak_host_mb"] = _peak_host_mb()
+  result["peak_device_mb"] = _device_peak_mb(jax)
+  return result
+
+
+def table(result: dict) -> str:
+  """The results as a small readable table."""
+  env = result["env"]
+  rows = [
+    (
+      "model",
+      f"{result['model']} ({result['params']:,} params, "
+      f"impl {result['impl']}, {result['dtype']})",
+    ),
+    (
+      "devices",
+      f"{env['device_count']} x {env['device_kind']} "
+      f"({env['backend']}), jax {env['jax']}",
+    ),
+    (
+      "batch",
+      f"{result['batch_size']} train, "
+      f"{result['eval_batch_size']} eval (global)",
+    ),
+  ]
+  labels = {
+    "train": "train step (resident batch)",
+    "train_pipeline": "train step fed by the host pipeline",
+    "eval": "eval step",
+    "host_batches": "host batches alone",
+    "augment": "augmentation alone (jit, 1 device)",
+  }
+  for key, label in labels.items():
+    if f"{key}_img_s" in result:
+      runs = ", ".join(f"{r:.1f}" for r in result[f"{key}_runs_img_s"])
+      rows.append((label, f"{result[f'{key}_img_s']:.1f} img/s  [{runs}]"))
+  for key in ("train_compile_s", "eval_compile_s"):
+    if key in result:
+      rows.append((key.replace("_", " "), f"{result[key]:.1f} s"))
+  rows.append(("peak host memory", f"{result['peak_host_mb']:.0f} MiB"))
+  if result.get("train_temp_mb") is not None:
+    rows.append(("train step temp", f"{result['train_temp_mb']:.0f} MiB"))
+  if result.get("peak_device_mb") is not None:
+    rows.append(("peak device memory", f"{result['peak_device_mb']:.0f} MiB"))
+  rows.append(("load average", " ".join(map(str, env["load_avg"]))))
+  rows.append(
+    ("commit", f"{env['commit']}{' (dirty)' if env['dirty'] else ''}")
+  )
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  # Both must precede JAX's backend start-up, hence the late imports.
+  if args.devices:
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = (
+      f"{flags} --xla_force_host_platform_device_count={args.devices}"
+    ).strip()
+  from densenet_jax import errors, xla_flags
+
+  if not args.no_xla_defaults:
+    xla_flags.apply_defaults()
+  import jax
+
+  try:
+    if args.devices and jax.local_device_count() != args.devices:
+      raise errors.UserError(
+        f"--devices {args.devices}: this {jax.default_backend()} run has "
+        f"{jax.local_device_count()} local devices (only CPU devices can be "
+        "faked)"
+      )
+    result = run(args)
+  except errors.UserError as err:
+    sys.exit(f"error: {err}")
+  print(table(result), flush=True)
+  if args.json == "-":
+    print(json.dumps(result))
+  elif args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

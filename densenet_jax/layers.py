@@ -1,0 +1,298 @@
+"""Convolution and BatchNorm(+ReLU) layers: a fast and a straightforward set.
+
+Both sets create exactly flax's variables (nn.Conv: kernel (kh, kw, in, out)
+and bias; nn.BatchNorm: scale, bias, batch_stats mean and var), so a model
+built from either reads the other's checkpoints, and both compute the same
+function up to float rounding (tests/test_layers.py). The fast set differs
+only in how XLA is asked to compute it (measurements: experiments/README.md):
+
+- Conv: XLA:CPU differentiates a convolution into a kernel gradient that is
+  a full-image-window convolution over transposed activations, several times
+  slower than matrix products with the same math. A 1x1 kernel here runs as
+  a 2-D matrix product (whose gradients are 2-D products too); a larger
+  kernel as a convolution whose kernel gradient is `_kernel_grad`.
+- BatchNorm: training-mode statistics, normalisation and an optional ReLU as
+  one function with a hand-written gradient (`batch_norm_train`): two passes
+  over the input forward and two backward, where autodiff of nn.BatchNorm and
+  nn.relu makes several more and stores more intermediates.
+"""
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+# Images per step of the kernel-gradient loop: chunks of about this many
+# pixels keep the shifted gradients in cache.
+_KERNEL_GRAD_CHUNK_PIXELS = 4096
+
+
+def _conv_same(x, kernel):
+  return lax.conv_general_dilated(
+    x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC
+  )
+
+
+def _kernel_grad(x, g, kernel_size):
+  """d(loss)/d(kernel) of a stride-1 'SAME' convolution as matrix products.
+
+  dW[i, j, c, o] = sum over b, h, w of x[b, h, w, c] g[b, h + ph - i,
+  w + pw - j, o]: the kh * kw shifted copies of the output gradient side by
+  side, contracted with x over all pixels, one chunk of images at a time.
+  """
+  kh, kw = kernel_size
+  ph, pw = kh // 2, kw // 2
+  b, h, w, cin = x.shape
+  cout = g.shape[-1]
+  chunk = max(
+    d
+    for d in range(1, b + 1)
+    if b % d == 0 and (d == 1 or d * h * w <= _KERNEL_GRAD_CHUNK_PIXELS)
+  )
+
+  def chunk_grad(acc, xg):
+    xc, gc = xg
+    gp = jnp.pad(gc, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    shifted = jnp.concatenate(
+      [
+        gp[:, 2 * ph - i : 2 * ph - i + h, 2 * pw - j : 2 * pw - j + w]
+        for i in range(kh)
+        for j in range(kw)
+      ],
+      axis=-1,
+    )
+    return acc + jnp.dot(
+      xc.reshape(-1, cin).T,
+      shifted.reshape(-1, kh * kw * cout),
+      preferred_element_type=jnp.float32,
+    ), None
+
+  xs = x.reshape(b // chunk, chunk, h, w, cin)
+  gs = g.reshape(b // chunk, chunk, h, w, cout)
+  init = jnp.zeros((cin, kh * kw * cout), jnp.float32)
+  dw, _ = lax.scan(chunk_grad, init, (xs, gs))
+  return dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+
+
+@jax.custom_vjp
+def conv_same(x, kernel):
+  """lax.conv_general_dilated(x, kernel, stride 1, 'SAME'), NHWC/HWIO, whose
+  kernel gradient is computed as matrix products (_kernel_grad)."""
+  return _conv_same(x, kernel)
+
+
+def _conv_same_fwd(x, kernel):
+  return _conv_same(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(res, g):
+  x, kernel = res
+  _, input_vjp = jax.vjp(lambda x: _conv_same(x, kernel), x)
+  dw = _kernel_grad(x, g, kernel.shape[:2])
+  return input_vjp(g)[0], dw.astype(kernel.dtype)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+class Conv(nn.Module):
+  """nn.Conv(features, kernel_size) (stride 1, 'SAME'), same variables."""
+
+  features: int
+  kernel_size: tuple
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param(
+      "kernel",
+      nn.initializers.lecun_normal(),
+      tuple(self.kernel_size) + (x.shape[-1], self.features),
+    )
+    bias = (
+      self.param("bias", nn.initializers.zeros, (self.features,))
+      if self.use_bias
+      else None
+    )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if tuple(self.kernel_size) == (1, 1):
+      y = x.reshape(-1, x.shape[-1]) @ kernel[0, 0]
+      y = y.reshape(x.shape[:-1] + (self.features,))
+    elif jax.default_backend() == "cpu":
+      y = conv_same(x, kernel)
+    else:  # measured on CPU only; GPUs keep XLA's (cuDNN's) kernel gradient
+      y = _conv_same(x, kernel)
+    return y if bias is None else y + bias
+
+
+def _channel_sums(x):
+  return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
+
+
+def _count(x, axis_name):
+  n = x.size // x.shape[-1]
+  return n if axis_name is None else n * lax.psum(1, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def batch_norm_train(xs, scale, bias, epsilon, relu, axis_name):
+  """Training-mode BatchNorm of the channel-wise concatenation of the feature
+  maps `xs` over all axes but the last, then ReLU if `relu`.
+
+  Returns (y, mean, var), y the normalised concatenation, never
+  materialising the concatenation itself; mean and var (float32, over the
+  devices of `axis_name` too) feed the running averages and are not
+  differentiated. The variance is E[x^2] - E[x]^2 clipped at 0, as flax's.
+  Per-map statistics are the same expressions in every layer that reads a
+  map, so XLA computes them once per dense block.
+  """
+  return _bn_forward(xs, scale, bias, epsilon, relu, axis_name)[0]
+
+
+def _bn_forward(xs, scale, bias, epsilon, relu, axis_name):
+  n = _count(xs[0], axis_name)
+  sums = []
+  for x in xs:
+    xf = x.astype(jnp.float32)
+    sums.append(jnp.stack([_channel_sums(xf), _channel_sums(xf * xf)]))
+  sums = jnp.concatenate(sums, axis=-1)
+  if axis_name is not None:
+    sums = lax.psum(sums, axis_name)
+  mean = sums[0] / n
+  var = jnp.maximum(0.0, sums[1] / n - mean * mean)
+  rstd = lax.rsqrt(var + epsilon)
+  a = scale * rstd
+  b = bias - mean * a
+  y = jnp.concatenate([x.astype(jnp.float32) for x in xs], axis=-1) * a + b
+  if relu:
+    y = jnp.maximum(y, 0.0)
+  return (y.astype(xs[0].dtype), mean, var), (xs, a, b, mean, rstd)
+
+
+def _bn_bwd(epsilon, relu, axis_name, res, cotangents):
+  # The statistics' cotangents are ignored: callers stop their gradient.
+  xs, a, b, mean, rstd = res
+  g = cotangents[0].astype(jnp.float32)
+  offsets = np.cumsum([0] + [x.shape[-1] for x in xs])
+  chunks = [slice(lo, hi) for lo, hi in zip(offsets[:-1], offsets[1:])]
+  # Per feature map: its slice of the output gradient, ReLU-masked.
+  gs = []
+  for x, c in zip(xs, chunks):
+    gc = g[..., c]
+    if relu:
+      gc = jnp.where(x.astype(jnp.float32) * a[c] + b[c] > 0, gc, 0.0)
+    gs.append(gc)
+  local_g = jnp.concatenate([_channel_sums(gc) for gc in gs])
+  local_gx = jnp.concatenate(
+    [_channel_sums(gc * x.astype(jnp.float32)) for gc, x in zip(gs, xs)]
+  )
+  # Parameter gradients stay per device (the train step averages them);
+  # the input gradient needs the sums over all devices' examples.
+  dbias = local_g
+  dscale = rstd * (local_gx - mean * local_g)
+  if axis_name is None:
+    sum_g, sum_gxhat = dbias, dscale
+  else:
+    sum_g, sum_gxhat = lax.psum((dbias, dscale), axis_name)
+  n = _count(xs[0], axis_name)
+  k1 = -a * rstd * sum_gxhat / n
+  k0 = -a * sum_g / n - k1 * mean
+  dxs = tuple(
+    (gc * a[c] + x.astype(jnp.float32) * k1[c] + k0[c]).astype(x.dtype)
+    for x, gc, c in zip(xs, gs, chunks)
+  )
+  return dxs, dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_forward, _bn_bwd)
+
+
+def _as_list(x):
+  return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class BatchNorm(nn.Module):
+  """nn.BatchNorm over the last axis (same variables and math), then a ReLU
+  when `relu`. Takes a feature map or a list of them to concatenate along
+  channels; training mode runs batch_norm_train."""
+
+  use_running_average: bool = False
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None
+  axis_name: str | None = None
+  relu: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    xs = _as_list(x)
+    features = (sum(x.shape[-1] for x in xs),)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features)
+    scale = self.param("scale", nn.initializers.ones, features)
+    bias = self.param("bias", nn.initializers.zeros, features)
+    dtype = self.dtype or jnp.result_type(xs[0], scale)
+    xs = tuple(x.astype(dtype) for x in xs)
+    if self.use_running_average:
+      a = scale * lax.rsqrt(ra_var.value + self.epsilon)
+      x = jnp.concatenate([x.astype(jnp.float32) for x in xs], axis=-1)
+      y = x * a + (bias - ra_mean.value * a)
+      y = jnp.maximum(y, 0.0) if self.relu else y
+      return y.astype(dtype)
+    axis_name = None if self.is_initializing() else self.axis_name
+    y, mean, var = batch_norm_train(
+      xs, scale, bias, self.epsilon, self.relu, axis_name
+    )
+    if not self.is_initializing():
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(var)
+    return y
+
+
+class FlaxBatchNorm(nn.BatchNorm):
+  """The straightforward reference: the concatenation of a feature map or a
+  list of them, nn.BatchNorm, then nn.relu if `relu`."""
+
+  relu: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.concatenate(_as_list(x), axis=-1)
+    y = super().__call__(x)
+    return nn.relu(y) if self.relu else y
+
+
+def avg_pool_2x2(x):
+  """nn.avg_pool(x, (2, 2), strides=(2, 2)) as a reshape and a mean."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def flax_avg_pool_2x2(x):
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class Impl(NamedTuple):
+  """The layers a DenseNet is built from."""
+
+  conv: Any  # nn.Conv(features, kernel_size, use_bias, dtype)'s signature
+  batch_norm: Any  # BatchNorm's signature: a map or a list of them, `relu`
+  avg_pool_2x2: Callable
+  # A transition's 1x1 convolution and 2x2 average pooling are linear maps
+  # acting on channels and on pixels: they commute. Pooling first gives the
+  # same function with a quarter of the convolution's work.
+  pool_before_conv: bool
+
+
+IMPLS = {
+  "fast": Impl(Conv, BatchNorm, avg_pool_2x2, pool_before_conv=True),
+  # nn.Conv's default padding is 'SAME' too.
+  "flax": Impl(nn.Conv, FlaxBatchNorm, flax_avg_pool_2x2, False),
+}

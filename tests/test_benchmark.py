@@ -1,0 +1,72 @@
+"""The benchmark runs end to end on the tiny preset (no timed assertions)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from densenet_jax import benchmark, xla_flags
+
+
+def test_benchmark_pipeline_mode_reports_every_part(capsys):
+  args = benchmark.parse_args(
+    "--model tiny --mode pipeline --steps 1 --repeats 1 --batch-size 16 "
+    "--json -".split()
+  )
+  result = benchmark.run(args)
+  for key in ("train", "train_pipeline", "eval", "host_batches", "augment"):
+    assert result[f"{key}_img_s"] > 0
+    assert len(result[f"{key}_runs_img_s"]) == 1
+  assert result["train_compile_s"] > 0 and result["peak_host_mb"] > 0
+  assert result["params"] == 962 and result["env"]["backend"] == "cpu"
+  assert "train step fed by the host pipeline" in benchmark.table(result)
+
+
+def test_benchmark_cli_fakes_devices_in_bfloat16():
+  """A subprocess: the device count must be set before JAX starts."""
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "densenet_jax.benchmark",
+      "--model",
+      "tiny",
+      "--devices",
+      "2",
+      "--dtype",
+      "bfloat16",
+      "--mode",
+      "eval",
+      "--steps",
+      "1",
+      "--repeats",
+      "1",
+      "--batch-size",
+      "8",
+      "--json",
+      "-",
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, "XLA_FLAGS": ""},
+  )
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["env"]["device_count"] == 2 and result["dtype"] == "bfloat16"
+  assert result["eval_img_s"] > 0 and "train_img_s" not in result
+  flags = result["env"]["xla_flags"]
+  assert "--xla_force_host_platform_device_count=2" in flags
+  for name, value in xla_flags.defaults().items():
+    assert f"--{name}={value}" in flags
+
+
+def test_xla_flag_defaults_respect_the_users_choice():
+  env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-reduce"}
+  assert xla_flags.apply_defaults(env) == {}
+  assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+  env = {}
+  added = xla_flags.apply_defaults(env)
+  assert added == xla_flags.defaults()
+  assert env.get("XLA_FLAGS", "") == " ".join(
+    f"--{k}={v}" for k, v in added.items()
+  )

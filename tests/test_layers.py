@@ -1,0 +1,176 @@
+"""The fast layers compute what the straightforward flax ones do."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from densenet_jax import layers, models
+
+
+def assert_trees_close(a, b, rtol=1e-4):
+  """Leaf-wise |a - b| <= rtol * (the largest |a| over the whole tree)."""
+  scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(a))
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.shape == y.shape and x.dtype == y.dtype
+    np.testing.assert_allclose(x, y, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize(
+  "x_shape,kernel_shape",
+  [
+    ((4, 8, 8, 6), (3, 3, 6, 5)),
+    ((2, 16, 16, 3), (3, 3, 3, 8)),
+    ((3, 6, 10, 4), (5, 3, 4, 2)),
+  ],
+)
+def test_conv_same_gradients_match_lax(x_shape, kernel_shape):
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  kernel = jax.random.normal(jax.random.key(1), kernel_shape)
+
+  def loss(conv, x, kernel):
+    return jnp.sum(jnp.sin(conv(x, kernel)))
+
+  want = jax.grad(functools.partial(loss, layers._conv_same), (0, 1))(x, kernel)
+  got = jax.grad(functools.partial(loss, layers.conv_same), (0, 1))(x, kernel)
+  assert_trees_close(want, got)
+
+
+@pytest.mark.parametrize(
+  "kernel_size,use_bias", [((1, 1), False), ((3, 3), True)]
+)
+def test_conv_matches_flax_conv(kernel_size, use_bias):
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 5))
+  fast = layers.Conv(7, kernel_size, use_bias=use_bias)
+  ref = nn.Conv(7, kernel_size, use_bias=use_bias)
+  variables = ref.init(jax.random.key(1), x)
+  assert_trees_close(variables, fast.init(jax.random.key(1), x), rtol=0)
+
+  def loss(module, variables, x):
+    return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+  assert_trees_close(
+    jax.grad(functools.partial(loss, ref), (0, 1))(variables, x),
+    jax.grad(functools.partial(loss, fast), (0, 1))(variables, x),
+  )
+
+
+def _batch_norm_case(module_cls, relu, train, x, axis_name=None):
+  """Output, updated statistics and gradients of one BatchNorm layer."""
+  module = module_cls(
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-3,
+    relu=relu,
+    axis_name=axis_name,
+  )
+  variables = module.init(jax.random.key(0), x)
+  # Non-trivial parameters and running statistics.
+  variables = jax.tree.map(
+    lambda v: v + 0.3 * jax.random.normal(jax.random.key(2), v.shape),
+    variables,
+  )
+  weights = jax.random.normal(jax.random.key(3), x.shape)
+
+  def loss(params, x):
+    y, updates = module.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      x,
+      mutable=["batch_stats"],
+    )
+    return jnp.sum(jnp.sin(y * weights)), (y, updates)
+
+  grads, (y, updates) = jax.grad(loss, (0, 1), has_aux=True)(
+    variables["params"], x
+  )
+  return y, updates, grads
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_batch_norm_matches_flax(relu, train):
+  x = 2.0 + jax.random.normal(jax.random.key(1), (6, 4, 4, 5))
+  case = jax.jit(_batch_norm_case, static_argnums=(0, 1, 2))
+  want = case(layers.FlaxBatchNorm, relu, train, x)
+  got = case(layers.BatchNorm, relu, train, x)
+  assert_trees_close(want, got)
+
+
+def test_batch_norm_over_a_named_axis_matches_flax():
+  """Statistics and input gradients over 2 'devices' (a vmapped axis)."""
+  x = 2.0 + jax.random.normal(jax.random.key(1), (2, 6, 4, 4, 5))
+
+  def case(module_cls):
+    fn = functools.partial(
+      _batch_norm_case, module_cls, True, True, axis_name="devices"
+    )
+    return jax.jit(jax.vmap(fn, axis_name="devices"))(x)
+
+  assert_trees_close(case(layers.FlaxBatchNorm), case(layers.BatchNorm))
+
+
+# Two layers per block exercise the concatenation; a BC-like stem none.
+SMALL = dict(blocks=(2, 2), growth_rate=6, stem_features=8)
+BC_LIKE = dict(
+  blocks=(2, 1),
+  growth_rate=4,
+  bottleneck_width=4,
+  stem_features=12,
+  transition_after_last=False,
+  stem_bn=False,
+  stem_relu=False,
+  stem_bias=False,
+)
+
+
+@pytest.mark.parametrize("overrides", [SMALL, BC_LIKE])
+def test_fast_model_matches_flax_model(overrides):
+  """Same variables; same logits, gradients and batch statistics in training
+  mode, same logits in eval mode."""
+  x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+  labels = jnp.arange(4)
+  pair = [
+    models.create_model("tiny", impl=impl, **overrides)
+    for impl in ("flax", "fast")
+  ]
+  # One compilation per step for both models keeps the test quick.
+  inits = jax.jit(lambda key: [m.init(key, x) for m in pair])(jax.random.key(0))
+  assert_trees_close(*inits, rtol=0)
+  variables = inits[0]
+
+  def train_outputs(model):
+    def loss(params):
+      logits, updates = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return ce.mean(), (logits, updates)
+
+    return jax.grad(loss, has_aux=True)(variables["params"])
+
+  assert_trees_close(*jax.jit(lambda: [train_outputs(m) for m in pair])())
+  eval_logits = jax.jit(lambda: [m.apply(variables, x) for m in pair])()
+  assert_trees_close(*eval_logits)
+
+
+def test_fast_model_in_bfloat16_stays_close_to_float32():
+  x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+  model = models.create_model("tiny")
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+
+  def logits(model):
+    apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
+    return jax.jit(apply)(variables, x)[0]
+
+  logits32 = logits(model)
+  logits16 = logits(models.create_model("tiny", dtype=jnp.bfloat16))
+  assert logits16.dtype == jnp.float32
+  np.testing.assert_allclose(logits16, logits32, atol=0.1)
