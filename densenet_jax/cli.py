@@ -4,7 +4,7 @@ errors, argument types, and the workdir/checkpoint arguments."""
 import argparse
 import sys
 
-from densenet_jax import errors
+from densenet_jax import errors, xla_flags
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -41,7 +41,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(main, argv=None):
-  """Calls main(argv); a UserError exits non-zero with one line."""
+  """Calls main(argv); a UserError exits non-zero with one line. Adds the
+  XLA flags that training uses (densenet_jax.xla_flags) first, so that a
+  command computes exactly as training did."""
+  xla_flags.apply_defaults()
   try:
     return main(argv)
   except errors.UserError as err:

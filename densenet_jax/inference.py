@@ -217,6 +217,7 @@ def load(path, kind: str = "best") -> Model:
     config.model,
     num_classes=len(names),
     dtype=jnp.dtype(config.get("dtype", "float32")),
+    impl=config.get("impl", "fast"),
   )
   what = (
     f"model {config.model!r} with {len(names)} classes "

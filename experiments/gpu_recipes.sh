@@ -14,13 +14,8 @@
 # --quick      a CPU rehearsal of the whole script (tiny model, synthetic
 #              data, 2 epochs, results in /tmp): checks the plumbing only.
 #
-# On the device machine (no network, no TFDS, no ml_collections or
-# tensorboardX in its image), first prepare the carried folder here:
-#
-#   PYTHON=.venv/bin/python bash experiments/gpu_recipes.sh --prepare
-#
-# (wheels of ml_collections and tensorboardX, the JPEG CIFAR-10 archive and
-# its converter from ../shared/data: 19 MB in .gpu_carry/), then run with
+# On the device machine, after `bash experiments/gpu_recipes.sh --prepare`
+# here (experiments/gpu_setup.sh: the carried folder .gpu_carry/), run with
 # the device tool: command
 #   "PYTHONUNBUFFERED=1 bash experiments/gpu_recipes.sh"
 # with carry [".gpu_carry"] and timeout_s 600; the results come back as
@@ -29,8 +24,7 @@
 # a GPU yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-CARRY=.gpu_carry
+source experiments/gpu_setup.sh
 minutes=4.25
 quick=0
 recipes=()
@@ -38,14 +32,7 @@ while (($#)); do
   case $1 in
     --quick) quick=1 ;;
     --minutes) minutes=$2; shift ;;
-    --prepare)
-      mkdir -p "$CARRY/wheels"
-      "$PY" -m pip download --no-deps -q -d "$CARRY/wheels" \
-        ml_collections==1.1.0 tensorboardX==2.6.5
-      cp ../shared/data/cifar10-jpeg.tar.gz ../shared/data/make_tfds_cifar10.py \
-        "$CARRY/"
-      du -sh "$CARRY"
-      exit 0 ;;
+    --prepare) gpu_prepare; exit 0 ;;
     *) recipes+=("$1") ;;
   esac
   shift
@@ -63,18 +50,8 @@ if ((quick)); then
   minutes=2
 else
   runs=runs
-  if [[ -d $CARRY/wheels ]]; then
-    "$PY" -m pip install -q --no-index --no-deps "$CARRY"/wheels/*.whl
-  fi
-  # Real CIFAR-10: a TFDS data dir when this machine has one, else the
-  # carried JPEG archive decoded to arrays (numpy and pillow only).
-  if ! "$PY" -c "import tensorflow_datasets" 2>/dev/null; then
-    npz=/tmp/cifar10.npz
-    [[ -f $npz ]] || "$PY" "$CARRY/make_tfds_cifar10.py" --no-tfds \
-      --archive "$CARRY/cifar10-jpeg.tar.gz" --npz "$npz"
-    extra+=(--data-dir "$npz")
-  fi
-  "$PY" -c "import jax; print(jax.devices())"
+  gpu_setup
+  extra+=("${DATA_ARGS[@]}")
 fi
 
 limit=$("$PY" -c "print(int(float('$minutes') * 60))")

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The GPU check of issue 5 as one command that fits 10 minutes on one H100:
+# train-step and eval throughput of the reference network (python -m
+# densenet_jax.benchmark: synthetic batches resident on the device) in
+# float32 and bfloat16 at batch 128, 256 and 512, then one full training
+# epoch of the reference recipe (351 steps of batch 128 with the Keras
+# augmentation, then validation, on real CIFAR-10), whose epoch time
+# metrics.csv records. Results in experiments/results/gpu_check/:
+# bench_<dtype>_<batch>.json, the epoch's record (record_run.py) and
+# summary.md, the table of it all.
+#
+#   bash experiments/gpu_check.sh [--quick | --prepare]
+#
+# --quick    a CPU rehearsal (tiny preset, batches 16 and 32, one epoch of
+#            the small synthetic data set, results in /tmp/gpu_check_quick):
+#            checks the plumbing only.
+# --prepare  fills .gpu_carry/ here for the device machine (gpu_setup.sh).
+#
+# On the device machine, after --prepare here: the device tool's command
+# "PYTHONUNBUFFERED=1 bash experiments/gpu_check.sh" with carry
+# [".gpu_carry"] and timeout_s 600; the results come back as
+# $OUT/gpu_check.tgz: unpack it into experiments/results/ and commit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source experiments/gpu_setup.sh
+quick=0
+case ${1:-} in
+  --quick) quick=1 ;;
+  --prepare) gpu_prepare; exit 0 ;;
+  "") ;;
+  *) echo "usage: bash experiments/gpu_check.sh [--quick | --prepare]" >&2
+     exit 2 ;;
+esac
+
+if ((quick)); then
+  results=/tmp/gpu_check_quick
+  model=tiny
+  batches=(16 32)
+  bench=(--steps 1 --repeats 1)
+  train=(--dataset synthetic --model tiny --set val_size=64
+    --set batch_size=32 --set eval_batch_size=50)
+else
+  results=experiments/results
+  model=reference
+  batches=(128 256 512)
+  bench=(--steps 20 --repeats 3)
+  gpu_setup
+  train=("${DATA_ARGS[@]}")
+fi
+out=$results/gpu_check
+rm -rf "$out"
+mkdir -p "$out"
+
+for dtype in float32 bfloat16; do
+  for batch in "${batches[@]}"; do
+    echo "== benchmark: $model, $dtype, batch $batch"
+    "$PY" -m densenet_jax.benchmark --model "$model" --dtype "$dtype" \
+      --batch-size "$batch" "${bench[@]}" --json "$out/bench_${dtype}_$batch.json"
+  done
+done
+
+echo "== one training epoch of the reference recipe"
+"$PY" experiments/record_run.py --name epoch --workdir "$out/run" \
+  --results "$out" -- "$PY" -m densenet_jax.train --config reference \
+  --workdir "$out/run" --epochs 1 "${train[@]}"
+rm -rf "$out/run"
+
+"$PY" - "$out" <<'PY'
+import csv, json, pathlib, sys
+
+out = pathlib.Path(sys.argv[1])
+rows = []
+for path in sorted(out.glob("bench_*.json")):
+  r = json.loads(path.read_text())
+  rows.append(
+    f"| {r['dtype']} | {r['batch_size']} | {r['train_img_s']:.0f} | "
+    f"{r['eval_img_s']:.0f} | {r['train_compile_s']:.1f} | "
+    f"{r.get('peak_device_mb') or 0:.0f} |"
+  )
+env = r["env"]
+epoch = next(csv.DictReader(open(out / "epoch" / "metrics.csv")))
+text = "\n".join(
+  [
+    f"# GPU check: {r['model']} on {env['device_count']} x "
+    f"{env['device_kind']}, jax {env['jax']}, commit {env['commit']}",
+    "",
+    "| dtype | batch | train img/s | eval img/s | train compile s "
+    "| peak device MiB |",
+    "|---|---:|---:|---:|---:|---:|",
+    *rows,
+    "",
+    f"One epoch of the reference recipe (batch 128, Keras augmentation): "
+    f"{float(epoch['epoch_time_s']):.1f} s (compilation included), "
+    f"training loss {float(epoch['loss']):.3f}, validation accuracy "
+    f"{float(epoch['val_accuracy']):.4f}.",
+  ]
+)
+(out / "summary.md").write_text(text + "\n")
+print(text)
+PY
+if [[ -n ${OUT:-} ]]; then
+  tar czf "$OUT/gpu_check.tgz" -C "$results" gpu_check
+fi
