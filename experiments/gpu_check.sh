@@ -75,7 +75,7 @@ for path in sorted(out.glob("bench_*.json")):
   rows.append(
     f"| {r['dtype']} | {r['batch_size']} | {r['train_img_s']:.0f} | "
     f"{r['eval_img_s']:.0f} | {r['train_compile_s']:.1f} | "
-    f"{r.get('peak_device_mb') or 0:.0f} |"
+    f"{r['peak_device_mb'] or 0:.0f} |"
   )
 env = r["env"]
 epoch = next(csv.DictReader(open(out / "epoch" / "metrics.csv")))
@@ -85,7 +85,7 @@ text = "\n".join(
     f"{env['device_kind']}, jax {env['jax']}, commit {env['commit']}",
     "",
     "| dtype | batch | train img/s | eval img/s | train compile s "
-    "| peak device MiB |",
+    "| peak device MiB (0: not reported) |",
     "|---|---:|---:|---:|---:|---:|",
     *rows,
     "",

@@ -46,7 +46,7 @@ def get_config():
   config.label_smoothing = 0.1
   config.batch_size = 128
   config.eval_batch_size = 1000
-  config.num_epochs = 4
+  config.num_epochs = 5
   config.early_stopping_patience = 0
   config.tta_flip = True
   config.test_every_epoch = True
