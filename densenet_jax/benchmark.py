@@ -127,7 +127,7 @@ def run(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from densenet_jax import augment, configs, data, train
+  from densenet_jax import augment, configs, data, steps, train
 
   config = configs.load("default")
   config.model, config.dtype, config.impl = args.model, args.dtype, args.impl
@@ -143,15 +143,15 @@ def run(args) -> dict:
   else:
     split = data.synthetic_split(max(config.batch_size, 1), seed=0)
     num_classes = 10
-  model = train.create_model(config, num_classes, axis_name=train.AXIS)
-  state = train.create_train_state(config, model, split.images.shape[1:])
+  model = steps.create_model(config, num_classes, axis_name=steps.AXIS)
+  state = steps.create_train_state(config, model, split.images.shape[1:])
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   augment_config = (
     augment.AugmentConfig.from_config(config.augment)
     if args.mode == "pipeline"
     else None
   )
-  p_train, p_eval = train.make_steps(augment_config)
+  p_train, p_eval = steps.make_steps(augment_config)
   rstate = flax.jax_utils.replicate(state)
   batch = next(
     data.train_batches(split, config.batch_size, config.seed, epoch=0)

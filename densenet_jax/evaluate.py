@@ -29,7 +29,7 @@ from densenet_jax import cli, data, errors, inference, models
 def eval_sums(
   module, variables, batch: dict, num_classes: int, tta_flip: bool
 ) -> dict:
-  """Mask-weighted sums of one batch, as train.eval_step, plus the
+  """Mask-weighted sums of one batch, as steps.eval_step, plus the
   confusion matrix (rows: true class, columns: predicted class)."""
   logits = models.eval_logits(module.apply, variables, batch["image"], tta_flip)
   labels, mask = batch["label"], batch["mask"]
@@ -73,7 +73,7 @@ def evaluate(model: inference.Model, split: data.Split, batch_size: int):
   confusion = np.asarray(totals["confusion"], np.int64)
   per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
   return {
-    # float32 sums divided as in train.evaluate: equal to its numbers.
+    # float32 sums divided as in steps.evaluate: equal to its numbers.
     "loss": float(totals["loss"] / totals["count"]),
     "accuracy": float(totals["correct"] / totals["count"]),
     "examples": int(totals["count"]),

@@ -1,4 +1,4 @@
-"""Training: TrainState, the pmapped train step, masked eval, the epoch loop.
+"""Training: the epoch loop around the pmapped steps, checkpoints, the CLI.
 
     python -m densenet_jax.train --workdir runs/reference
 
@@ -9,59 +9,30 @@ same command again continues from that step with identical results.
 
 import argparse
 import contextlib
-import dataclasses
-import functools
 import json
 import pathlib
 import signal
 import sys
 import time
-from typing import Any
 
 import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax.training import train_state
 from tqdm.auto import tqdm
 
 from densenet_jax import (
-  augment,
   checkpointing,
   configs,
   data,
   distributed,
   errors,
   models,
-  optim,
   reporting,
+  steps,
   xla_flags,
 )
-
-AXIS = "batch"  # the pmapped device axis
-
-
-class TrainState(train_state.TrainState):
-  batch_stats: Any
-  rng: jax.Array  # raw uint32 key data: per-step keys are fold_in(rng, step)
-  # {"params", "batch_stats"} averaged over steps, or None (no averaging).
-  ema: Any = None
-
-
-@dataclasses.dataclass(frozen=True)
-class StepOptions:
-  """Static settings of the steps beyond augmentation (hashable: part of
-  make_steps' cache key)."""
-
-  label_smoothing: float = 0.0  # training loss only
-  ema_decay: float = 0.0  # used only when the state has `ema`
-  tta_flip: bool = False  # eval on the mean logits of image and mirror
-
-  @classmethod
-  def from_config(cls, config) -> "StepOptions":
-    return cls(config.label_smoothing, config.ema_decay, config.tta_flip)
 
 
 class Interrupted(Exception):
@@ -70,168 +41,6 @@ class Interrupted(Exception):
 
 class ConfigError(errors.UserError):
   """A configuration that cannot run, with the value that is wrong."""
-
-
-def create_model(config, num_classes: int, axis_name=None) -> models.DenseNet:
-  impl = config.get("impl", "fast")
-  return _cached_model(config.model, num_classes, config.dtype, axis_name, impl)
-
-
-# Models and optimizers are static parts of the TrainState, hence of the
-# compiled steps' cache keys: equal settings must give identical objects so
-# that runs in one process (tests, notebooks, resumes) reuse compilations.
-@functools.lru_cache(maxsize=None)
-def _cached_model(preset, num_classes, dtype, axis_name, impl):
-  return models.create_model(
-    preset,
-    num_classes=num_classes,
-    dtype=jnp.dtype(dtype),
-    bn_axis_name=axis_name,
-    impl=impl,
-  )
-
-
-def create_train_state(
-  config, model, image_shape, steps_per_epoch: int = 1
-) -> TrainState:
-  """Fresh state; `steps_per_epoch` sizes the learning-rate schedule (any
-  value will do for a template that only restores a checkpoint)."""
-  key = jax.random.key(config.seed)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-    key, jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  )
-  return TrainState.create(
-    apply_fn=model.apply,
-    params=variables["params"],
-    batch_stats=variables["batch_stats"],
-    tx=optim.create_optimizer(config, steps_per_epoch),
-    rng=jax.random.key_data(jax.random.fold_in(key, 1)),
-    # A copy: the donated train step must not get one buffer twice.
-    ema=jax.tree.map(jnp.copy, dict(variables)) if config.ema_decay else None,
-  )
-
-
-def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-  if not label_smoothing:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  targets = optax.smooth_labels(
-    jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing
-  )
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-def update_ema(ema, params, batch_stats, step, decay: float):
-  """One step of the weights' moving average; the decay warms up as
-  (1 + step) / (10 + step), so early averages forget the random init."""
-  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  new = {"params": params, "batch_stats": batch_stats}
-  return jax.tree.map(lambda e, x: decay * e + (1 - decay) * x, ema, new)
-
-
-def train_step(
-  state: TrainState,
-  batch: dict,
-  augment_config=None,
-  options: StepOptions = StepOptions(),
-):
-  """One optimisation step on a device's shard; collectives over AXIS."""
-  images = batch["image"].astype(jnp.float32) / 255.0
-  if augment_config is not None:
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    images = augment.augment_batch(key, images, augment_config, batch["index"])
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-      {"params": params, "batch_stats": state.batch_stats},
-      images,
-      train=True,
-      mutable=["batch_stats"],
-    )
-    loss = cross_entropy(logits, batch["label"], options.label_smoothing)
-    return loss.mean(), (logits, updates)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, (logits, updates)), grads = grad_fn(state.params)
-  grads = jax.lax.pmean(grads, AXIS)
-  # BatchNorm already averaged its statistics over AXIS (bn_axis_name).
-  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-  if state.ema is not None:
-    ema = update_ema(
-      state.ema, state.params, state.batch_stats, state.step, options.ema_decay
-    )
-    state = state.replace(ema=ema)
-  metrics = {
-    "loss": loss,
-    "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-  }
-  return state, jax.lax.pmean(metrics, AXIS)
-
-
-def eval_variables(state: TrainState) -> dict:
-  """The variables evaluation uses: the moving average when there is one."""
-  if state.ema is not None:
-    return state.ema
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def eval_step(
-  state: TrainState, batch: dict, options: StepOptions = StepOptions()
-) -> dict:
-  """Mask-weighted sums over a device's shard, summed over AXIS."""
-  logits = models.eval_logits(
-    state.apply_fn, eval_variables(state), batch["image"], options.tta_flip
-  )
-  mask = batch["mask"]
-  sums = {
-    "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-    "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-    "count": jnp.sum(mask),
-  }
-  return jax.lax.psum(sums, AXIS)
-
-
-@functools.lru_cache(maxsize=None)
-def make_steps(augment_config, options: StepOptions = StepOptions()):
-  """The pmapped train and eval steps; cached so that runs in one process
-  (tests, notebooks) share compiled functions."""
-  p_train = jax.pmap(
-    functools.partial(
-      train_step, augment_config=augment_config, options=options
-    ),
-    axis_name=AXIS,
-    donate_argnums=(0,),
-  )
-  p_eval = jax.pmap(functools.partial(eval_step, options=options), AXIS)
-  return p_train, p_eval
-
-
-def make_steps_for(config):
-  """make_steps with the config's augmentation and step options."""
-  augment_config = (
-    augment.AugmentConfig.from_config(config.augment)
-    if config.augment.enabled
-    else None
-  )
-  return make_steps(augment_config, StepOptions.from_config(config))
-
-
-def evaluate(p_eval, state, split: data.Split, batch_size: int) -> dict:
-  """Loss and accuracy over every example of `split`, each counted once.
-
-  `batch_size` is global: each process feeds its rows of every batch to its
-  devices, and the step's psum adds up all processes' sums."""
-  totals = None
-  for batch in data.eval_batches(
-    split, batch_size, jax.process_index(), jax.process_count()
-  ):
-    sums = p_eval(state, data.shard(batch, jax.local_device_count()))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(jax.tree.map(lambda x: x[0], totals))
-  return {
-    "loss": float(totals["loss"] / totals["count"]),
-    "accuracy": float(totals["correct"] / totals["count"]),
-    "count": int(totals["count"]),
-  }
 
 
 def check_batch_sizes(config, num_devices: int) -> None:
@@ -341,8 +150,10 @@ def train_and_evaluate(
       f"batch_size={config.batch_size} is larger than the "
       f"{len(train_split)} training images"
     )
-  model = create_model(config, dataset.num_classes, axis_name=AXIS)
-  state = create_train_state(config, model, train_split.images.shape[1:], spe)
+  model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
+  state = steps.create_train_state(
+    config, model, train_split.images.shape[1:], spe
+  )
   _log(models.summary(model, train_split.images.shape[1:]))
   _log(
     f"{jax.process_count()} process(es), {jax.device_count()} device(s) "
@@ -359,7 +170,7 @@ def train_and_evaluate(
       f"({len(meta['history'])} epochs done)"
     )
     started -= _elapsed_before(meta)
-  p_train, p_eval = make_steps_for(config)
+  p_train, p_eval = steps.make_steps_for(config)
   reporter = (
     reporting.Reporter(workdir, title=f"{config.model} on {config.dataset}")
     if distributed.is_main_process()
@@ -378,12 +189,12 @@ def train_and_evaluate(
         if stopped:
           raise Interrupted(flag["stop"] or "a signal to another process")
         state = jax.device_get(flax.jax_utils.unreplicate(rstate))
-        val = evaluate(
+        val = steps.evaluate(
           p_eval, rstate, dataset.splits["validation"], config.eval_batch_size
         )
         extra = {}
         if config.test_every_epoch:
-          test = evaluate(
+          test = steps.evaluate(
             p_eval, rstate, dataset.splits["test"], config.eval_batch_size
           )
           extra = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
@@ -411,7 +222,7 @@ def train_and_evaluate(
   best = ckpt.restore("best", state)
   if best:
     state = best[0]
-  test = evaluate(
+  test = steps.evaluate(
     p_eval,
     flax.jax_utils.replicate(state),
     dataset.splits["test"],

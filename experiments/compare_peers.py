@@ -8,6 +8,8 @@ always goes first (or last, on a warmer or busier machine):
 
 - ours: `python -m densenet_jax.benchmark` (reference preset, synthetic
   batch resident on the device, no augmentation: the model's cost),
+- with --ablations, ours again with plain flax layers (`--impl flax`) and
+  without densenet_jax.xla_flags (`--no-xla-defaults`),
 - the peers in ../shared/peers/ (or --peers): PyTorch, contiguous and
   channels-last, and Keras/TensorFlow,
 
@@ -59,8 +61,11 @@ def implementations(args) -> dict:
     "--json",
     "-",
   ]
-  return {
-    "densenet_jax": ours,
+  impls = {"densenet_jax": ours}
+  if args.ablations:  # what each speed-up of ours is worth
+    impls["densenet_jax-flax-layers"] = ours + ["--impl", "flax"]
+    impls["densenet_jax-no-xla-flags"] = ours + ["--no-xla-defaults"]
+  return impls | {
     "pytorch": [py, str(peers / "torch_densenet.py")] + common,
     "pytorch-channels-last": [py, str(peers / "torch_densenet.py")]
     + common
@@ -106,7 +111,7 @@ def summarise(runs: dict) -> dict:
       }
   ratios = {}
   ours = medians.get("densenet_jax")
-  peers = {k: v for k, v in medians.items() if k != "densenet_jax"}
+  peers = {k: v for k, v in medians.items() if not k.startswith("densenet_jax")}
   if ours:
     for name, peer in peers.items():
       ratios[name] = {
@@ -195,6 +200,11 @@ def parse_args(argv=None):
   parser.add_argument("--peers", default=str(DEFAULT_PEERS))
   parser.add_argument(
     "--only", nargs="+", help="implementations to run (default: all)"
+  )
+  parser.add_argument(
+    "--ablations",
+    action="store_true",
+    help="also ours with plain flax layers, and without the XLA CPU flags",
   )
   parser.add_argument("--timeout", type=float, default=900, help="per run")
   parser.add_argument("--output", help="folder for report.json, report.md")

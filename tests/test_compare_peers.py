@@ -69,7 +69,9 @@ def test_summary_skips_failed_runs(compare_peers):
     ],
     "pytorch": [{"train_img_s": 10.0, "eval_img_s": 20.0}],
   }
+  runs["densenet_jax-flax-layers"] = [{"train_img_s": 1.0, "eval_img_s": 1.0}]
   summary = compare_peers.summarise(runs)
+  assert set(summary["ours_over"]) == {"pytorch", "fastest peer"}
   assert summary["median"]["densenet_jax"] == {
     "train_img_s": 20.0,
     "eval_img_s": 60.0,

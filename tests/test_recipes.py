@@ -12,7 +12,15 @@ import optax
 import pytest
 
 import densenet_jax
-from densenet_jax import checkpointing, configs, data, evaluate, optim, train
+from densenet_jax import (
+  checkpointing,
+  configs,
+  data,
+  evaluate,
+  optim,
+  steps,
+  train,
+)
 
 
 def test_label_smoothing_mixes_in_the_uniform_distribution():
@@ -22,10 +30,10 @@ def test_label_smoothing_mixes_in_the_uniform_distribution():
   expected = -(0.9 + 0.01) * log_p[jnp.arange(5), labels] - 0.01 * (
     log_p.sum(-1) - log_p[jnp.arange(5), labels]
   )
-  got = train.cross_entropy(logits, labels, label_smoothing=0.1)
+  got = steps.cross_entropy(logits, labels, label_smoothing=0.1)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   np.testing.assert_allclose(
-    train.cross_entropy(logits, labels),
+    steps.cross_entropy(logits, labels),
     optax.softmax_cross_entropy_with_integer_labels(logits, labels),
   )
 
@@ -33,15 +41,15 @@ def test_label_smoothing_mixes_in_the_uniform_distribution():
 def test_ema_decay_warms_up_then_holds():
   ema = {"params": {"w": jnp.zeros(2)}, "batch_stats": {}}
   new = {"w": jnp.ones(2)}
-  first = train.update_ema(ema, new, {}, 0, 0.999)["params"]
+  first = steps.update_ema(ema, new, {}, 0, 0.999)["params"]
   np.testing.assert_allclose(first["w"], 0.9)  # decay 1/10 at step 0
-  late = train.update_ema(ema, new, {}, 10**6, 0.999)["params"]
+  late = steps.update_ema(ema, new, {}, 10**6, 0.999)["params"]
   np.testing.assert_allclose(late["w"], 0.001, rtol=1e-4)
 
 
 def tiny_state(config, dataset):
-  model = train.create_model(config, dataset.num_classes, axis_name=train.AXIS)
-  return train.create_train_state(config, model, (32, 32, 3))
+  model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
+  return steps.create_train_state(config, model, (32, 32, 3))
 
 
 def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
@@ -53,13 +61,13 @@ def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
   ema = jax.tree.map(lambda x: x * 0.5 + 0.1, state.ema)
   state = state.replace(ema=ema)
   split = dataset.splits["test"]
-  _, p_eval = train.make_steps(None, train.StepOptions(tta_flip=True))
-  result = train.evaluate(p_eval, flax.jax_utils.replicate(state), split, 100)
+  _, p_eval = steps.make_steps(None, steps.StepOptions(tta_flip=True))
+  result = steps.evaluate(p_eval, flax.jax_utils.replicate(state), split, 100)
   images = split.images / 255.0
   logits = (
     state.apply_fn(ema, images) + state.apply_fn(ema, images[:, :, ::-1])
   ) / 2
-  expected = train.cross_entropy(logits, split.labels).mean()
+  expected = steps.cross_entropy(logits, split.labels).mean()
   np.testing.assert_allclose(result["loss"], expected, rtol=1e-5)
   np.testing.assert_allclose(
     result["accuracy"], (np.argmax(logits, -1) == split.labels).mean()
@@ -86,7 +94,7 @@ def smoke_sized(config):
 def test_recipes_load_and_build_their_optimizers(name):
   config = configs.load(name)
   optim.create_optimizer(config, 351)
-  train.StepOptions.from_config(config)
+  steps.StepOptions.from_config(config)
 
 
 def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(

@@ -9,16 +9,16 @@ import jax
 import numpy as np
 import pytest
 
-from densenet_jax import checkpointing, data, train
+from densenet_jax import checkpointing, data, steps, train
 
 
 def make_state(config, dataset):
-  model = train.create_model(config, dataset.num_classes, axis_name=train.AXIS)
-  return train.create_train_state(config, model, (32, 32, 3))
+  model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
+  return steps.create_train_state(config, model, (32, 32, 3))
 
 
 def test_steps_on_a_fixed_batch_lower_the_loss(smoke_config, dataset):
-  p_train, _ = train.make_steps(None)
+  p_train, _ = steps.make_steps(None)
   state = flax.jax_utils.replicate(make_state(smoke_config, dataset))
   batch = next(data.train_batches(dataset.splits["train"], 32, 0, 0))
   losses = []
@@ -32,15 +32,15 @@ def test_steps_on_a_fixed_batch_lower_the_loss(smoke_config, dataset):
 def test_eval_counts_every_example_once_with_a_padded_batch(
   smoke_config, dataset
 ):
-  _, p_eval = train.make_steps(None)
+  _, p_eval = steps.make_steps(None)
   state = make_state(smoke_config, dataset)
   split = dataset.splits["test"]  # 100 examples, batches of 48: 48+48+4
-  result = train.evaluate(p_eval, flax.jax_utils.replicate(state), split, 48)
+  result = steps.evaluate(p_eval, flax.jax_utils.replicate(state), split, 48)
   logits = state.apply_fn(
     {"params": state.params, "batch_stats": state.batch_stats},
     split.images / 255.0,
   )
-  expected_loss = train.cross_entropy(logits, split.labels).mean()
+  expected_loss = steps.cross_entropy(logits, split.labels).mean()
   expected_acc = (np.argmax(logits, -1) == split.labels).mean()
   assert result["count"] == 100
   np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
@@ -91,7 +91,7 @@ def test_best_checkpoint_only_when_validation_loss_improves(
 ):
   smoke_config.num_epochs = 4
   val_losses = iter([2.0, 2.5, 1.5, 1.7])
-  real_evaluate = train.evaluate
+  real_evaluate = steps.evaluate
 
   def scripted(p_eval, state, split, batch_size):
     result = real_evaluate(p_eval, state, split, batch_size)
@@ -106,7 +106,7 @@ def test_best_checkpoint_only_when_validation_loss_improves(
     saves.append((kind, int(state.step)))
     return real_save(self, kind, state, meta)
 
-  monkeypatch.setattr(train, "evaluate", scripted)
+  monkeypatch.setattr(steps, "evaluate", scripted)
   monkeypatch.setattr(checkpointing.Checkpoints, "save", spy)
   result = train.train_and_evaluate(smoke_config, tmp_path, dataset)
   assert [s for k, s in saves if k == "best"] == [4, 12]  # epochs 1 and 3
