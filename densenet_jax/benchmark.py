@@ -12,12 +12,14 @@ without augmentation: the model's cost, comparable to the peers in
 experiments/. `--mode pipeline` times the augmenting train step of a real
 run, fed from the in-memory data set through data.train_batches, and each
 part alone: the host batches, the augmentation, the step on a resident
-batch. Prints a table; --json writes the numbers (- for stdout, one line).
+batch. Prints a table; --json writes the numbers (- for stdout, one line);
+--summarize puts the JSON files of several runs in one markdown table.
 """
 
 import argparse
 import json
 import os
+import pathlib
 import platform
 import resource
 import statistics
@@ -60,6 +62,12 @@ def parse_args(argv=None):
     help="do not add densenet_jax.xla_flags' CPU flags",
   )
   parser.add_argument("--json", metavar="PATH", help="write results; - prints")
+  parser.add_argument(
+    "--summarize",
+    nargs="+",
+    metavar="JSON",
+    help="print earlier --json results as one markdown table; run nothing",
+  )
   return parser.parse_args(argv)
 
 
@@ -302,8 +310,48 @@ def table(result: dict) -> str:
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+COLUMNS = (  # (result key, heading) of markdown()
+  ("train_img_s", "train img/s"),
+  ("train_pipeline_img_s", "train + pipeline img/s"),
+  ("eval_img_s", "eval img/s"),
+  ("augment_img_s", "augment alone img/s"),
+  ("host_batches_img_s", "host batches img/s"),
+  ("train_compile_s", "train compile s"),
+  ("peak_host_mb", "peak host MiB"),
+  ("peak_device_mb", "peak device MiB"),
+)
+
+
+def markdown(results: list) -> str:
+  """One row per result (of run or a --json file): what was measured and
+  its numbers; a blank cell for what that mode does not measure."""
+  head = ["model", "impl", "dtype", "devices", "batch", "mode"]
+  lines = [
+    "| " + " | ".join(head + [h for _, h in COLUMNS]) + " |",
+    "|" + "---|" * len(head) + "---:|" * len(COLUMNS),
+  ]
+  for r in results:
+    cells = [
+      r["model"],
+      r["impl"],
+      r["dtype"],
+      f"{r['env']['device_count']} x {r['env']['device_kind']}",
+      str(r["batch_size"]),
+      r["mode"] + (f" ({r['dataset']})" if r["mode"] == "pipeline" else ""),
+    ]
+    for key, _ in COLUMNS:
+      value = r.get(key)
+      cells.append("" if value is None else f"{value:,.1f}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   args = parse_args(argv)
+  if args.summarize:
+    results = [json.loads(pathlib.Path(p).read_text()) for p in args.summarize]
+    print(markdown(results))
+    return
   # Both must precede JAX's backend start-up, hence the late imports.
   if args.devices:
     flags = os.environ.get("XLA_FLAGS", "")

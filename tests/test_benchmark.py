@@ -8,7 +8,7 @@ import sys
 from densenet_jax import benchmark, xla_flags
 
 
-def test_benchmark_pipeline_mode_reports_every_part(capsys):
+def test_benchmark_pipeline_mode_reports_every_part(capsys, tmp_path):
   args = benchmark.parse_args(
     "--model tiny --mode pipeline --steps 1 --repeats 1 --batch-size 16 "
     "--json -".split()
@@ -20,6 +20,23 @@ def test_benchmark_pipeline_mode_reports_every_part(capsys):
   assert result["train_compile_s"] > 0 and result["peak_host_mb"] > 0
   assert result["params"] == 962 and result["env"]["backend"] == "cpu"
   assert "train step fed by the host pipeline" in benchmark.table(result)
+  # --summarize: earlier results as one markdown table, a row each.
+  path = tmp_path / "r.json"
+  path.write_text(json.dumps(result))
+  capsys.readouterr()
+  benchmark.main(["--summarize", str(path), str(path)])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 4 and lines[0].startswith("| model | impl |")
+  cells = [c.strip() for c in lines[2].strip("|").split("|")]
+  assert cells[:6] == [
+    "tiny",
+    "fast",
+    "float32",
+    "1 x cpu",
+    "16",
+    "pipeline (synthetic)",
+  ]
+  assert float(cells[6].replace(",", "")) == round(result["train_img_s"], 1)
 
 
 def test_benchmark_cli_fakes_devices_in_bfloat16():
