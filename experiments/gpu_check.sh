@@ -18,8 +18,9 @@
 #
 # On the device machine, after --prepare here: the device tool's command
 # "PYTHONUNBUFFERED=1 bash experiments/gpu_check.sh" with carry
-# [".gpu_carry"] and timeout_s 600; the results come back as
-# $OUT/gpu_check.tgz: unpack it into experiments/results/ and commit.
+# [".gpu_carry"] and timeout_s 600; the results are written to
+# $OUT/gpu_check/ there and come back: copy them into
+# experiments/results/gpu_check/ and commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/gpu_setup.sh
@@ -40,7 +41,9 @@ if ((quick)); then
   train=(--dataset synthetic --model tiny --set val_size=64
     --set batch_size=32 --set eval_batch_size=50)
 else
-  results=experiments/results
+  # On the device machine straight into $OUT: what finished comes back
+  # even if the command runs out of time.
+  results=${OUT:-experiments/results}
   model=reference
   batches=(128 256 512)
   bench=(--steps 20 --repeats 3)
@@ -65,39 +68,19 @@ echo "== one training epoch of the reference recipe"
   --workdir "$out/run" --epochs 1 "${train[@]}"
 rm -rf "$out/run"
 
-"$PY" - "$out" <<'PY'
-import csv, json, pathlib, sys
+{
+  echo "# GPU check: $model, commit $(git rev-parse --short HEAD 2>/dev/null)"
+  echo
+  "$PY" -m densenet_jax.benchmark --summarize "$out"/bench_*.json
+  echo
+  "$PY" - "$out/epoch/metrics.csv" <<'PY'
+import csv, sys
 
-out = pathlib.Path(sys.argv[1])
-rows = []
-for path in sorted(out.glob("bench_*.json")):
-  r = json.loads(path.read_text())
-  rows.append(
-    f"| {r['dtype']} | {r['batch_size']} | {r['train_img_s']:.0f} | "
-    f"{r['eval_img_s']:.0f} | {r['train_compile_s']:.1f} | "
-    f"{r['peak_device_mb'] or 0:.0f} |"
-  )
-env = r["env"]
-epoch = next(csv.DictReader(open(out / "epoch" / "metrics.csv")))
-text = "\n".join(
-  [
-    f"# GPU check: {r['model']} on {env['device_count']} x "
-    f"{env['device_kind']}, jax {env['jax']}, commit {env['commit']}",
-    "",
-    "| dtype | batch | train img/s | eval img/s | train compile s "
-    "| peak device MiB (0: not reported) |",
-    "|---|---:|---:|---:|---:|---:|",
-    *rows,
-    "",
-    f"One epoch of the reference recipe (batch 128, Keras augmentation): "
-    f"{float(epoch['epoch_time_s']):.1f} s (compilation included), "
-    f"training loss {float(epoch['loss']):.3f}, validation accuracy "
-    f"{float(epoch['val_accuracy']):.4f}.",
-  ]
+epoch = next(csv.DictReader(open(sys.argv[1])))
+print(
+  f"One epoch of the reference recipe: {float(epoch['epoch_time_s']):.1f} s "
+  f"(compilation included), training loss {float(epoch['loss']):.3f}, "
+  f"validation accuracy {float(epoch['val_accuracy']):.4f}."
 )
-(out / "summary.md").write_text(text + "\n")
-print(text)
 PY
-if [[ -n ${OUT:-} ]]; then
-  tar czf "$OUT/gpu_check.tgz" -C "$results" gpu_check
-fi
+} | tee "$out/summary.md"
