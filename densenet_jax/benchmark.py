@@ -93,6 +93,17 @@ def _device_peak_mb(jax):
   return None if peak is None else peak / 2**20
 
 
+def cpu_model() -> str:
+  """The CPU's model name (Linux's /proc/cpuinfo, else platform's guess)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(
+        line.split(":", 1)[1].strip() for line in f if "model name" in line
+      )
+  except (OSError, StopIteration):
+    return platform.processor()
+
+
 def _environment(jax, args) -> dict:
   def git(*cmd):
     try:
@@ -107,14 +118,6 @@ def _environment(jax, args) -> dict:
     except (OSError, subprocess.SubprocessError):
       return None
 
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(
-        line.split(":", 1)[1].strip() for line in f if "model name" in line
-      )
-  except (OSError, StopIteration):
-    pass
   return {
     "commit": git("rev-parse", "--short", "HEAD"),
     "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -122,7 +125,7 @@ def _environment(jax, args) -> dict:
     "backend": jax.default_backend(),
     "device_kind": jax.devices()[0].device_kind,
     "device_count": jax.device_count(),
-    "cpu": cpu,
+    "cpu": cpu_model(),
     "cpu_count": os.cpu_count(),
     "load_avg": [round(x, 2) for x in os.getloadavg()],
     "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from densenet_jax import benchmark
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_PEERS = ROOT.parent / "shared" / "peers"
 
@@ -126,14 +128,6 @@ def summarise(runs: dict) -> dict:
 
 
 def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(
-        line.split(":", 1)[1].strip() for line in f if "model name" in line
-      )
-  except (OSError, StopIteration):
-    pass
   commit = subprocess.run(
     ["git", "rev-parse", "--short", "HEAD"],
     capture_output=True,
@@ -141,7 +135,7 @@ def machine() -> dict:
     cwd=ROOT,
   ).stdout.strip()
   return {
-    "cpu": cpu,
+    "cpu": benchmark.cpu_model(),
     "cpu_count": os.cpu_count(),
     "platform": platform.platform(),
     "python": platform.python_version(),

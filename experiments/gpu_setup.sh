@@ -8,6 +8,8 @@
 # machine has TFDS, else the archive decoded to a .npz (numpy and pillow).
 PY=${PYTHON:-python3}
 CARRY=.gpu_carry
+# The package from this checkout, installed or not (experiments/*.py import it).
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 gpu_prepare() {
   mkdir -p "$CARRY/wheels"

@@ -26,6 +26,8 @@ import sys
 import threading
 import time
 
+from densenet_jax import benchmark
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COPIED = ("config.json", "metrics.csv", "curves.png", "test_result.json")
 
@@ -38,14 +40,11 @@ def git(*args) -> str:
 
 
 def hardware() -> dict:
-  info = {"platform": platform.platform(), "cpu_cores": os.cpu_count()}
-  try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        info["cpu"] = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
+  info = {
+    "platform": platform.platform(),
+    "cpu_cores": os.cpu_count(),
+    "cpu": benchmark.cpu_model(),
+  }
   probe = subprocess.run(
     [
       sys.executable,
