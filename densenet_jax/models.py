@@ -151,18 +151,24 @@ class DenseNet(nn.Module):
       dtype=self.dtype,
       axis_name=self.bn_axis_name if train else None,
     )
-    x = x.astype(self.dtype)
+    # The stem computes in float32 whatever `dtype`: training can drive its
+    # conv's bias far above the spread of its outputs (to 20 against a
+    # spread below 1 in a bfloat16 cpu_check run), which bfloat16's 8-bit
+    # mantissa then rounds away, and with it the stem BatchNorm's statistics:
+    # its running averages stopped matching the batches and evaluation fell
+    # to chance. Three input channels make float32 here cheap.
     x = conv(
       self.stem_features,
       (3, 3),
       use_bias=self.stem_bias,
-      dtype=self.dtype,
+      dtype=jnp.float32,
       name="stem_conv",
-    )(x)
+    )(x.astype(jnp.float32))
     if self.stem_relu:
       x = nn.relu(x)
     if self.stem_bn:
-      x = norm(epsilon=STEM_BN_EPSILON, name="stem_bn")(x)
+      x = norm(epsilon=STEM_BN_EPSILON, dtype=jnp.float32, name="stem_bn")(x)
+    x = x.astype(self.dtype)
     for b, num_layers in enumerate(self.blocks):
       x = DenseBlock(
         num_layers,
