@@ -7,21 +7,23 @@ The reference recipe augments with
                        zoom_range=0.2, horizontal_flip=True,
                        fill_mode="nearest")
 
-This module reproduces its semantics, following
-`keras.src.legacy.preprocessing.image` (`get_random_transform` and
-`apply_affine_transform`):
+in TensorFlow 2.1, i.e. `keras_preprocessing` 1.1.x. This module
+reproduces its semantics, following that version's
+`ImageDataGenerator.get_random_transform` and `apply_affine_transform`
+(Keras 3's copy differs: it centres the transform at size/2 - 0.5 and
+swaps the row and column shifts):
 
 - rotation: theta ~ U(-rotation_range, rotation_range) degrees;
-- shifts: U(-range, range) times the image size in pixels (Keras draws `tx`
-  from height_shift_range scaled by the height and `ty` from width_shift_range
-  scaled by the width, then swaps axes so that `tx` moves columns and `ty`
-  rows; we keep that quirk);
+- shifts: `tx` ~ U(-height_shift_range, height_shift_range) times the
+  height moves rows, `ty` from width_shift_range times the width columns;
 - shear: U(-shear_range, shear_range) in degrees (not radians, not a
   fraction), applied as the matrix [[1, -sin s], [0, cos s]];
 - zoom: zx, zy drawn independently from U(1 - zoom_range, 1 + zoom_range);
   a factor above 1 shows more of the image (zooms out);
-- the matrices compose as rotation @ shift @ shear @ zoom about the image
-  centre, mapping output pixels to input coordinates, sampled bilinearly
+- the matrices compose as rotation @ shift @ shear @ zoom about the point
+  (height/2 + 0.5, width/2 + 0.5) (keras_preprocessing's
+  `transform_matrix_offset_center`, half a pixel past the centre), mapping
+  output (row, col) pixels to input coordinates, sampled bilinearly
   (Keras' interpolation_order=1) with 'nearest' fill (edge pixels extend);
 - then a horizontal flip with probability 1/2.
 
@@ -97,7 +99,8 @@ def random_transform(key, config: AugmentConfig, height: int, width: int):
 
 
 def affine_matrix(theta, tx, ty, shear, zx, zy, height, width):
-  """Keras' 3x3 output->input matrix in (row, col) pixel coordinates."""
+  """keras_preprocessing's 3x3 output->input matrix in (row, col) pixel
+  coordinates."""
   theta = jnp.deg2rad(theta)
   shear = jnp.deg2rad(shear)
   one, zero = jnp.ones_like(theta), jnp.zeros_like(theta)
@@ -122,14 +125,11 @@ def affine_matrix(theta, tx, ty, shear, zx, zy, height, width):
   )
   zoom = mat([[zx, zero, zero], [zero, zy, zero], [zero, zero, one]])
   m = rotation @ shift @ shear_m @ zoom
-  # transform_matrix_offset_center: transform about the image centre.
-  o_x, o_y = height / 2 - 0.5, width / 2 - 0.5
+  # transform_matrix_offset_center, as keras_preprocessing 1.1 writes it.
+  o_x, o_y = height / 2 + 0.5, width / 2 + 0.5
   offset = jnp.array([[1.0, 0.0, o_x], [0.0, 1.0, o_y], [0.0, 0.0, 1.0]])
   reset = jnp.array([[1.0, 0.0, -o_x], [0.0, 1.0, -o_y], [0.0, 0.0, 1.0]])
-  m = offset @ m @ reset
-  # Keras builds the matrix in (x, y) order and swaps it into (row, col).
-  perm = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-  return perm @ m @ perm
+  return offset @ m @ reset
 
 
 def apply_affine(image, matrix):

@@ -1,14 +1,18 @@
 """CIFAR from TFDS into memory once, then numpy batches: no tf.data in training.
 
-`load_splits` reads a TFDS dataset through `tfds.data_source` (array_record
+`load` reads a TFDS dataset through `tfds.data_source` (array_record
 files; TFDS downloads and prepares the data set the first time, which needs
 TensorFlow) and returns uint8 images and int32 labels for three splits:
 the first `train_size` training images, the last `val_size` training images
-(the tutorial's validation split) and the test set.
+(the tutorial's validation split) and the test set. TFDS stores CIFAR
+shuffled and keeps each image's position in the original files in its `id`
+(`train_00042`); the splits are taken in that original order, so that "the
+last 5,000" are the 5,000 that Keras' `cifar10.load_data()` puts last.
 """
 
 import dataclasses
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -51,10 +55,26 @@ def _read_records(source, index):
     return [source[i] for i in index]
 
 
+def original_order(ids) -> np.ndarray | None:
+  """The permutation that sorts records by the number that ends their TFDS
+  `id` (`train_00042` -> 42), i.e. into the original files' order; None if
+  an id has no number (then the stored order is kept)."""
+  numbers = []
+  for record_id in ids:
+    text = record_id.decode() if isinstance(record_id, bytes) else record_id
+    match = re.search(r"(\d+)$", str(text))
+    if match is None:
+      return None
+    numbers.append(int(match.group(1)))
+  return np.argsort(np.asarray(numbers), kind="stable")
+
+
 def _read_source(source, desc: str, progress: bool) -> Split:
+  """Every record of a TFDS source, in the original order where it has ids."""
   shape = np.asarray(source[0]["image"]).shape
   images = np.empty((len(source),) + shape, np.uint8)
   labels = np.empty((len(source),), np.int32)
+  ids = [] if "id" in source[0] else None
   bar = tqdm(
     total=len(source), desc=desc, unit="img", disable=not progress, leave=False
   )
@@ -63,9 +83,14 @@ def _read_source(source, desc: str, progress: bool) -> Split:
     for i, record in zip(index, _read_records(source, index)):
       images[i] = record["image"]
       labels[i] = record["label"]
+      if ids is not None:
+        ids.append(record["id"])
     bar.update(len(index))
   bar.close()
-  return Split(images, labels)
+  order = None if ids is None else original_order(ids)
+  if order is None:
+    return Split(images, labels)
+  return Split(images[order], labels[order])
 
 
 def load(

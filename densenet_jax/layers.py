@@ -107,12 +107,13 @@ class Conv(nn.Module):
   kernel_size: tuple
   use_bias: bool = False
   dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param(
       "kernel",
-      nn.initializers.lecun_normal(),
+      self.kernel_init,
       tuple(self.kernel_size) + (x.shape[-1], self.features),
     )
     bias = (
@@ -135,6 +136,12 @@ def _channel_sums(x):
   return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
 
 
+def _global_sums(xs, axis_name):
+  """Channel sums of the concatenation of `xs`, over the devices too."""
+  sums = jnp.concatenate([_channel_sums(x) for x in xs])
+  return sums if axis_name is None else lax.psum(sums, axis_name)
+
+
 def _count(x, axis_name):
   n = x.size // x.shape[-1]
   return n if axis_name is None else n * lax.psum(1, axis_name)
@@ -148,64 +155,73 @@ def batch_norm_train(xs, scale, bias, epsilon, relu, axis_name):
   Returns (y, mean, var), y the normalised concatenation, never
   materialising the concatenation itself; mean and var (float32, over the
   devices of `axis_name` too) feed the running averages and are not
-  differentiated. The variance is E[x^2] - E[x]^2 clipped at 0, as flax's.
-  Per-map statistics are the same expressions in every layer that reads a
-  map, so XLA computes them once per dense block.
+  differentiated. The variance is the mean of (x - mean)^2, a second pass
+  over x: E[x^2] - E[x]^2 in float32 cancels for a channel whose mean is
+  large against its spread. Per-map statistics are the same expressions in
+  every layer that reads a map, so XLA computes them once per dense block.
   """
   return _bn_forward(xs, scale, bias, epsilon, relu, axis_name)[0]
 
 
+def _centred(xs, mean):
+  """Each feature map minus its channels' slice of `mean`, in float32."""
+  offsets = np.cumsum([0] + [x.shape[-1] for x in xs])
+  return [
+    x.astype(jnp.float32) - mean[lo:hi]
+    for x, lo, hi in zip(xs, offsets[:-1], offsets[1:])
+  ]
+
+
+# Every sum below is of centred values, (x - mean) rather than x: in
+# float32, E[x^2] - E[x]^2 and sum(g * x) - mean * sum(g) cancel where a
+# channel's mean is large against its spread (tests/gradcheck.py). The
+# subtraction fuses into the passes over x that there are anyway, but one:
+# the variance needs the mean first.
 def _bn_forward(xs, scale, bias, epsilon, relu, axis_name):
   n = _count(xs[0], axis_name)
-  sums = []
-  for x in xs:
-    xf = x.astype(jnp.float32)
-    sums.append(jnp.stack([_channel_sums(xf), _channel_sums(xf * xf)]))
-  sums = jnp.concatenate(sums, axis=-1)
-  if axis_name is not None:
-    sums = lax.psum(sums, axis_name)
-  mean = sums[0] / n
-  var = jnp.maximum(0.0, sums[1] / n - mean * mean)
+  mean = _global_sums([x.astype(jnp.float32) for x in xs], axis_name) / n
+  centred = _centred(xs, mean)
+  var = _global_sums([xc * xc for xc in centred], axis_name) / n
   rstd = lax.rsqrt(var + epsilon)
   a = scale * rstd
-  b = bias - mean * a
-  y = jnp.concatenate([x.astype(jnp.float32) for x in xs], axis=-1) * a + b
+  y = jnp.concatenate(centred, axis=-1) * a + bias
   if relu:
     y = jnp.maximum(y, 0.0)
-  return (y.astype(xs[0].dtype), mean, var), (xs, a, b, mean, rstd)
+  return (y.astype(xs[0].dtype), mean, var), (xs, a, bias, mean, rstd)
 
 
 def _bn_bwd(epsilon, relu, axis_name, res, cotangents):
   # The statistics' cotangents are ignored: callers stop their gradient.
-  xs, a, b, mean, rstd = res
+  xs, a, bias, mean, rstd = res
   g = cotangents[0].astype(jnp.float32)
+  centred = _centred(xs, mean)
   offsets = np.cumsum([0] + [x.shape[-1] for x in xs])
   chunks = [slice(lo, hi) for lo, hi in zip(offsets[:-1], offsets[1:])]
   # Per feature map: its slice of the output gradient, ReLU-masked.
   gs = []
-  for x, c in zip(xs, chunks):
+  for xc, c in zip(centred, chunks):
     gc = g[..., c]
     if relu:
-      gc = jnp.where(x.astype(jnp.float32) * a[c] + b[c] > 0, gc, 0.0)
+      gc = jnp.where(xc * a[c] + bias[c] > 0, gc, 0.0)
     gs.append(gc)
   local_g = jnp.concatenate([_channel_sums(gc) for gc in gs])
-  local_gx = jnp.concatenate(
-    [_channel_sums(gc * x.astype(jnp.float32)) for gc, x in zip(gs, xs)]
+  local_gxc = jnp.concatenate(
+    [_channel_sums(gc * xc) for gc, xc in zip(gs, centred)]
   )
   # Parameter gradients stay per device (the train step averages them);
   # the input gradient needs the sums over all devices' examples.
   dbias = local_g
-  dscale = rstd * (local_gx - mean * local_g)
+  dscale = rstd * local_gxc
   if axis_name is None:
     sum_g, sum_gxhat = dbias, dscale
   else:
     sum_g, sum_gxhat = lax.psum((dbias, dscale), axis_name)
   n = _count(xs[0], axis_name)
   k1 = -a * rstd * sum_gxhat / n
-  k0 = -a * sum_g / n - k1 * mean
+  k0 = -a * sum_g / n
   dxs = tuple(
-    (gc * a[c] + x.astype(jnp.float32) * k1[c] + k0[c]).astype(x.dtype)
-    for x, gc, c in zip(xs, gs, chunks)
+    (gc * a[c] + xc * k1[c] + k0[c]).astype(x.dtype)
+    for x, xc, gc, c in zip(xs, centred, gs, chunks)
   )
   return dxs, dscale, dbias
 
@@ -258,9 +274,11 @@ class BatchNorm(nn.Module):
 
 class FlaxBatchNorm(nn.BatchNorm):
   """The straightforward reference: the concatenation of a feature map or a
-  list of them, nn.BatchNorm, then nn.relu if `relu`."""
+  list of them, nn.BatchNorm, then nn.relu if `relu`; the variance in two
+  passes, as the fast BatchNorm's."""
 
   relu: bool = False
+  use_fast_variance: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -282,7 +300,8 @@ def flax_avg_pool_2x2(x):
 class Impl(NamedTuple):
   """The layers a DenseNet is built from."""
 
-  conv: Any  # nn.Conv(features, kernel_size, use_bias, dtype)'s signature
+  # nn.Conv(features, kernel_size, use_bias, dtype, kernel_init)'s signature
+  conv: Any
   batch_norm: Any  # BatchNorm's signature: a map or a list of them, `relu`
   avg_pool_2x2: Callable
   # A transition's 1x1 convolution and 2x2 average pooling are linear maps

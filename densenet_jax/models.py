@@ -9,7 +9,7 @@ of the tutorial's last layer lives in the loss.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,9 @@ from densenet_jax import errors, layers
 KERAS_BN_EPSILON = 1.001e-5  # keras.applications.densenet's epsilon
 STEM_BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default
 BN_MOMENTUM = 0.99  # Keras' default moving-average momentum
+# Kernel initialisers: Keras' Conv2D and Dense default, and flax's.
+GLOROT_UNIFORM = nn.initializers.glorot_uniform()
+LECUN_NORMAL = nn.initializers.lecun_normal()
 
 
 class DenseLayer(nn.Module):
@@ -80,13 +83,14 @@ class Transition(nn.Module):
 
   reduction: float
   norm: Any
+  conv: Any = nn.Conv
   impl: layers.Impl = layers.IMPLS["flax"]
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     x = self.norm(relu=True, name="bn")(x)
-    conv = self.impl.conv(
+    conv = self.conv(
       int(x.shape[-1] * self.reduction),
       (1, 1),
       use_bias=False,
@@ -114,6 +118,9 @@ class DenseNet(nn.Module):
     stem_bn, stem_relu, stem_bias: the tutorial's stem is conv3x3 with bias,
       ReLU, then BatchNorm; the paper's DenseNet-BC stem is a bare conv.
     dtype: computation dtype (parameters stay float32).
+    kernel_init: initialiser of every convolution and dense kernel (biases
+      start at zero): Keras' glorot_uniform for the tutorial's network,
+      flax's lecun_normal for the other presets.
     bn_axis_name: named mapped axis over which BatchNorm averages batch
       statistics (set by the pmapped train step so that N devices see the
       statistics of the whole global batch).
@@ -132,6 +139,7 @@ class DenseNet(nn.Module):
   stem_relu: bool = True
   stem_bias: bool = True
   dtype: Any = jnp.float32
+  kernel_init: Callable = LECUN_NORMAL
   bn_axis_name: str | None = None
   impl: str = "fast"
 
@@ -142,7 +150,7 @@ class DenseNet(nn.Module):
         f"unknown impl {self.impl!r}; choose one of {sorted(layers.IMPLS)}"
       )
     impl = layers.IMPLS[self.impl]
-    conv = impl.conv
+    conv = functools.partial(impl.conv, kernel_init=self.kernel_init)
     norm = functools.partial(
       impl.batch_norm,
       use_running_average=not train,
@@ -156,18 +164,20 @@ class DenseNet(nn.Module):
     # spread below 1 in a bfloat16 cpu_check run), which bfloat16's 8-bit
     # mantissa then rounds away, and with it the stem BatchNorm's statistics:
     # its running averages stopped matching the batches and evaluation fell
-    # to chance. Three input channels make float32 here cheap.
+    # to chance. Three input channels make float32 here cheap. (float64,
+    # for gradient checks, stays float64.)
+    stem_dtype = jnp.promote_types(self.dtype, jnp.float32)
     x = conv(
       self.stem_features,
       (3, 3),
       use_bias=self.stem_bias,
-      dtype=jnp.float32,
+      dtype=stem_dtype,
       name="stem_conv",
-    )(x.astype(jnp.float32))
+    )(x.astype(stem_dtype))
     if self.stem_relu:
       x = nn.relu(x)
     if self.stem_bn:
-      x = norm(epsilon=STEM_BN_EPSILON, dtype=jnp.float32, name="stem_bn")(x)
+      x = norm(epsilon=STEM_BN_EPSILON, dtype=stem_dtype, name="stem_bn")(x)
     x = x.astype(self.dtype)
     for b, num_layers in enumerate(self.blocks):
       x = DenseBlock(
@@ -181,20 +191,27 @@ class DenseNet(nn.Module):
       )(x)
       if b < len(self.blocks) - 1 or self.transition_after_last:
         x = Transition(
-          self.reduction, norm, impl, self.dtype, name=f"transition{b}"
+          self.reduction, norm, conv, impl, self.dtype, name=f"transition{b}"
         )(x)
     x = norm(relu=True, name="final_bn")(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      kernel_init=self.kernel_init,
+      name="classifier",
+    )(x)
     return x.astype(jnp.float32)
 
 
-# The tutorial's network: 1,359,842 trainable parameters.
-reference = functools.partial(DenseNet)
+# The tutorial's network: 1,359,842 trainable parameters, initialised as
+# Keras initialises it (glorot_uniform kernels, zero biases).
+reference = functools.partial(DenseNet, kernel_init=GLOROT_UNIFORM)
 
 # Huang et al. (2017), DenseNet-BC with L=100, k=12: 3 blocks of 16 bottleneck
 # layers, compression 0.5, a 2k-channel stem conv without BN, no transition
-# after the last block. 769,162 parameters for 10 classes.
+# after the last block. 769,162 parameters for 10 classes. Initialised with
+# flax's default (lecun_normal kernels), not the Torch code's He normal.
 densenet_bc_100_k12 = functools.partial(
   DenseNet,
   blocks=(16, 16, 16),
@@ -211,6 +228,7 @@ densenet_bc_100_k12 = functools.partial(
 # first block puts a transition (1x1 conv, 2x2 average pool) right after the
 # stem, so the dense layers run at 16x16, 8x8 and 4x4 only; no bottlenecks
 # (a few wide 3x3 convolutions run faster on a CPU than many narrow ones).
+# flax's default initialisation (lecun_normal kernels).
 # 234,242 parameters, 38 MFLOPs per 32x32 image.
 cpu_small = functools.partial(
   DenseNet,

@@ -1,7 +1,5 @@
 """Augmentation: equal to Keras' own transform, and its properties."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +26,20 @@ def params():
   )
 
 
+def cifar_like_image(seed=0):
+  """A 32x32 RGB image of smooth shapes and edges, pixels k/255 as after
+  the tutorial's scaling, not noise: what the transform sees in training."""
+  rng = np.random.default_rng(seed)
+  rows, cols = np.mgrid[0:32, 0:32] / 31.0
+  image = np.stack([rows, cols, 1 - rows * cols], axis=-1) * 120
+  for _ in range(4):
+    r, c, size = rng.integers(0, 32, 3)
+    image[r : r + size // 2 + 2, c : c + size // 3 + 2] = rng.integers(
+      0, 256, 3
+    )
+  return (np.round(image) / 255.0).astype(np.float32)
+
+
 @pytest.mark.parametrize(
   "case",
   [
@@ -38,26 +50,34 @@ def params():
     dict(zx=1.2),
     dict(zy=0.8),
     dict(theta=-17.0, tx=2.5, ty=-4.1, shear=10.0, zx=0.9, zy=1.15),
+    dict(theta=38.0, tx=-6.1, ty=5.9, shear=0.15, zx=1.19, zy=0.83),
   ],
 )
-def test_matches_keras_apply_affine_transform(case):
-  os.environ.setdefault("KERAS_BACKEND", "numpy")
-  from keras.src.legacy.preprocessing.image import apply_affine_transform
+def test_matches_the_tutorials_image_data_generator(case):
+  """Against keras_preprocessing 1.1's own apply_transform (TF 2.1's
+  ImageDataGenerator, the tutorial's settings), flip included."""
+  from keras_preprocessing.image import ImageDataGenerator
 
-  image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
-  full = dict(theta=0.0, tx=0.0, ty=0.0, shear=0.0, zx=1.0, zy=1.0) | case
-  expected = apply_affine_transform(
-    image,
-    **full,
-    row_axis=0,
-    col_axis=1,
-    channel_axis=2,
+  generator = ImageDataGenerator(
+    rotation_range=40,
+    width_shift_range=0.2,
+    height_shift_range=0.2,
+    shear_range=0.2,
+    zoom_range=0.2,
+    horizontal_flip=True,
     fill_mode="nearest",
-    order=1,
   )
+  image = cifar_like_image()
+  full = dict(theta=0.0, tx=0.0, ty=0.0, shear=0.0, zx=1.0, zy=1.0) | case
   matrix = augment.affine_matrix(*[jnp.float32(full[k]) for k in KEYS], 32, 32)
   got = augment.apply_affine(jnp.asarray(image), matrix)
-  np.testing.assert_allclose(got, expected, atol=1e-5)
+  for flip in (False, True):
+    expected = generator.apply_transform(
+      image, full | {"flip_horizontal": flip}
+    )
+    np.testing.assert_allclose(
+      got[:, ::-1] if flip else got, expected, atol=1e-5
+    )
 
 
 def test_parameters_are_drawn_in_keras_units(params):
@@ -119,11 +139,11 @@ def test_seeds_reproduce_and_each_image_has_its_own_key(images):
 
 def test_a_shift_moves_content():
   image = jnp.zeros((32, 32, 1)).at[10, 10].set(1.0)
-  # ty=-3 (width_shift) samples 3 rows up: the dot moves 3 rows down, as in
-  # Keras, whose axis swap makes its `ty` act on rows.
-  matrix = augment.affine_matrix(*map(jnp.float32, (0, 0, -3, 0, 1, 1)), 32, 32)
+  # tx=-3 (height_shift) samples 3 rows up: the dot moves 3 rows down;
+  # ty=2 (width_shift) samples 2 columns right: it moves 2 columns left.
+  matrix = augment.affine_matrix(*map(jnp.float32, (0, -3, 2, 0, 1, 1)), 32, 32)
   out = augment.apply_affine(image, matrix)
-  assert out[13, 10, 0] == 1.0 and out.sum() == 1.0
+  assert out[13, 8, 0] == 1.0 and out.sum() == 1.0
 
 
 CROP_FLIP = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, True, 4, 0)

@@ -95,3 +95,63 @@ def test_an_npz_data_dir_is_read_without_tfds(tmp_path):
   assert dataset.splits["train"].labels.dtype == np.int32
   with pytest.raises(errors.UserError, match="cannot read cifar10"):
     data.load("cifar10", str(tmp_path / "missing.npz"), val_size=10)
+
+
+class _ShuffledSource:
+  """A TFDS-like source holding records in a shuffled order, each with an
+  `id` naming its position in the original file, as TFDS stores CIFAR."""
+
+  def __init__(self, split, n):
+    self.positions = np.random.default_rng(1).permutation(n)
+    self.split = split
+
+  def __len__(self):
+    return len(self.positions)
+
+  def __getitem__(self, i):
+    position = int(self.positions[i])
+    image = np.full((32, 32, 3), position % 256, np.uint8)
+    image[0, 0, 0] = position // 256
+    return {
+      "id": f"{self.split}_{position:05d}".encode(),
+      "image": image,
+      "label": position % 10,
+    }
+
+  def __getitems__(self, index):
+    return [self[i] for i in index]
+
+
+def test_splits_follow_the_original_file_order_of_the_ids(monkeypatch):
+  def data_source(name, split, data_dir=None):
+    source = _ShuffledSource(split, 600 if split == "train" else 100)
+    names = [f"class{i}" for i in range(10)]
+    source.dataset_info = type(
+      "Info", (), {"features": {"label": type("L", (), {"names": names})}}
+    )
+    return source
+
+  monkeypatch.setattr(tfds, "data_source", data_source)
+  dataset = data.load("cifar10", val_size=50, progress=False)
+
+  def positions(split):
+    images = dataset.splits[split].images
+    return images[:, 0, 0, 0].astype(int) * 256 + images[:, 0, 1, 0]
+
+  # As Keras' load_data(): train is the first 550 of the files, validation
+  # the last 50, both in file order; the test set in its file order too.
+  np.testing.assert_array_equal(positions("train"), np.arange(550))
+  np.testing.assert_array_equal(positions("validation"), np.arange(550, 600))
+  np.testing.assert_array_equal(positions("test"), np.arange(100))
+  np.testing.assert_array_equal(
+    dataset.splits["validation"].labels, np.arange(550, 600) % 10
+  )
+
+
+def test_ids_without_numbers_keep_the_stored_order():
+  assert data.original_order([b"train_2", b"train_0", "test_1"]).tolist() == [
+    1,
+    2,
+    0,
+  ]
+  assert data.original_order(["gebc ahgjef", "train_3"]) is None

@@ -194,3 +194,26 @@ def test_bfloat16_keeps_the_stem_statistics_of_a_large_stem_bias():
     stats.append(updates["batch_stats"]["stem_bn"])
   np.testing.assert_allclose(stats[1]["mean"], stats[0]["mean"], rtol=1e-4)
   np.testing.assert_allclose(stats[1]["var"], stats[0]["var"], rtol=1e-3)
+
+
+def test_gradients_match_float64_on_the_reference_shapes():
+  """Each layer set's float32 gradients against float64 (tests/gradcheck.py
+  in a process of its own: float64 is switched on for a whole process)."""
+  import json
+  import pathlib
+  import subprocess
+  import sys
+
+  script = pathlib.Path(__file__).with_name("gradcheck.py")
+  out = subprocess.run(
+    [sys.executable, str(script), "32", "128"],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=1800,  # ~1 minute alone on 2 cores; generous for a busy machine
+  ).stdout
+  errors = json.loads(out.splitlines()[-1])
+  assert len(errors) == 10  # 5 cases, 2 batch sizes
+  for case, by_impl in errors.items():
+    for impl, error in by_impl.items():
+      assert error < 1e-4, (case, impl, error)

@@ -107,3 +107,34 @@ def test_summary_lists_blocks_and_total():
   table = models.summary(models.create_model("tiny"))
   for name in ("stem_conv", "block0", "transition0", "classifier", "962"):
     assert name in table
+
+
+@pytest.mark.parametrize("impl", ["fast", "flax"])
+def test_reference_initialises_as_keras_does(impl):
+  """glorot_uniform kernels: U(-l, l), l = sqrt(6 / (fan_in + fan_out)),
+  fans counting the receptive field, as Keras' Conv2D and Dense; zero
+  biases; BatchNorm scale 1, offset 0, moving mean 0, variance 1."""
+  model = models.create_model("reference", impl=impl)
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  kernels = 0
+  for path, value in jax.tree_util.tree_leaves_with_path(variables):
+    name = jax.tree_util.keystr(path)
+    value = np.asarray(value)
+    if name.endswith("['kernel']"):
+      receptive = int(np.prod(value.shape[:-2]))
+      fan_in, fan_out = value.shape[-2] * receptive, value.shape[-1] * receptive
+      limit = np.sqrt(6 / (fan_in + fan_out))
+      assert np.abs(value).max() <= limit, name
+      if value.size >= 1000:  # enough draws to see the spread
+        np.testing.assert_allclose(value.std(), limit / np.sqrt(3), rtol=0.1)
+      kernels += 1
+    elif name.endswith("['scale']") or name.endswith("['var']"):
+      assert (value == 1).all(), name
+    else:  # biases, BatchNorm offsets and moving means
+      assert (value == 0).all(), name
+  assert kernels == 2 + 2 * 28 + 3  # stem, dense layers, transitions, head
+  # The other presets keep flax's default, lecun_normal.
+  tiny = models.create_model("tiny", impl=impl)
+  kernel = tiny.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))["params"]
+  kernel = np.asarray(kernel["classifier"]["kernel"])
+  assert np.abs(kernel).max() > np.sqrt(6 / sum(kernel.shape))

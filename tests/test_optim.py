@@ -164,3 +164,49 @@ def test_sgd_without_decay_is_optax_sgd():
     u, s = tx.update(grads, s, params)
     v, r = reference.update(grads, r, params)
     np.testing.assert_allclose(u["w"], v["w"], rtol=1e-6)
+
+
+def test_adam_steps_as_keras_adam_does():
+  """100 steps on one gradient sequence: the reference recipe's Adam against
+  TF 2.1's formula, alpha_t = lr sqrt(1 - b2^t) / (1 - b1^t), epsilon added
+  to sqrt(v), and against tf_keras' own Adam on the same gradients."""
+  import os
+
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf
+  import tf_keras
+
+  config = configs.load("reference")
+  tx = optim.create_optimizer(config)
+  rng = np.random.default_rng(0)
+  # Gradients of mixed scales, some near zero, where the epsilon's place
+  # changes the step.
+  scales = np.array([1e-9, 1e-7, 1e-5, 1e-3, 1.0], np.float32)
+  grads = rng.normal(size=(100, 5)).astype(np.float32) * scales
+  param = np.linspace(-1, 1, 5).astype(np.float32)
+
+  params = {"w": jnp.asarray(param)}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  m = v = np.zeros(5, np.float64)
+  want = param.astype(np.float64)
+  variable = tf.Variable(param)
+  keras = tf_keras.optimizers.Adam()  # lr 1e-3, b1 .9, b2 .999, eps 1e-7
+  for t, g in enumerate(grads, start=1):
+    updates, state = step({"w": jnp.asarray(g)}, state, params)
+    params = optax.apply_updates(params, updates)
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g.astype(np.float64) ** 2
+    alpha = 1e-3 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+    want = want - alpha * m / (np.sqrt(v) + 1e-7)
+    keras.apply_gradients([(tf.constant(g), variable)])
+  np.testing.assert_allclose(params["w"], want, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(params["w"], variable.numpy(), rtol=0, atol=1e-6)
+  # optax.adam puts epsilon elsewhere: on these gradients, another result.
+  adam = optax.adam(1e-3, eps=1e-7)
+  other = {"w": jnp.asarray(param)}
+  adam_state = adam.init(other)
+  for g in grads:
+    updates, adam_state = adam.update({"w": jnp.asarray(g)}, adam_state)
+    other = optax.apply_updates(other, updates)
+  assert np.max(np.abs(other["w"] - want)) > 1e-5
