@@ -132,6 +132,19 @@ def _environment(jax, args) -> dict:
   }
 
 
+def check_args(args) -> None:
+  """The options, checked before any model or data work."""
+  from densenet_jax import errors, validate
+
+  validate.name("model", args.model)
+  validate.name("dataset", args.dataset)
+  for key in ("batch_size", "eval_batch_size", "steps", "repeats", "devices"):
+    if getattr(args, key) is not None:
+      validate.positive_int(key, getattr(args, key))
+  if args.warmup < 0:
+    raise errors.UserError(f"warmup={args.warmup} must be >= 0")
+
+
 def run(args) -> dict:
   """Compiles and times the steps `args` describe; returns the numbers."""
   import flax.jax_utils
@@ -355,13 +368,19 @@ def main(argv=None):
     results = [json.loads(pathlib.Path(p).read_text()) for p in args.summarize]
     print(markdown(results))
     return
+  from densenet_jax import errors
+
+  try:
+    check_args(args)
+  except errors.UserError as err:
+    sys.exit(f"error: {err}")
   # Both must precede JAX's backend start-up, hence the late imports.
   if args.devices:
     flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (
       f"{flags} --xla_force_host_platform_device_count={args.devices}"
     ).strip()
-  from densenet_jax import errors, xla_flags
+  from densenet_jax import xla_flags
 
   if not args.no_xla_defaults:
     xla_flags.apply_defaults()

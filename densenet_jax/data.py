@@ -116,6 +116,7 @@ def load(
     import tensorflow_datasets as tfds  # slow import: only when data is needed
 
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    ensure_prepared(name, data_dir)
     source = tfds.data_source(name, split="train", data_dir=data_dir)
     class_names = list(source.dataset_info.features["label"].names)
     full = _read_source(source, f"reading {name} train", progress)
@@ -155,8 +156,8 @@ CIFAR10_CLASSES = (
 
 
 def _load_npz(name: str, path) -> tuple:
-  """Arrays x_train, y_train, x_test, y_test from an .npz file (e.g. from
-  ../shared/data/make_tfds_cifar10.py --npz): for machines without TFDS."""
+  """Arrays x_train, y_train, x_test, y_test from an .npz file: for
+  machines without TFDS."""
   try:
     arrays = np.load(path)
     full = Split(arrays["x_train"], arrays["y_train"].astype(np.int32))
@@ -170,6 +171,78 @@ def _load_npz(name: str, path) -> tuple:
   if name == "cifar10" and num_classes <= 10:
     return full, test, list(CIFAR10_CLASSES)
   return full, test, [f"class{i}" for i in range(num_classes)]
+
+
+DOWNLOAD_URLS = {
+  "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+  "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+}
+_PROBE_TIMEOUT_S = 10
+
+
+def _reachable(url: str) -> bool:
+  """Whether a TCP connection to the URL's host opens within seconds (name
+  resolution included, which has no timeout of its own: hence the thread)."""
+  import socket
+  import threading
+  import urllib.parse
+
+  host = urllib.parse.urlparse(url).hostname
+  result = []
+
+  def probe():
+    try:
+      socket.create_connection((host, 443), timeout=_PROBE_TIMEOUT_S).close()
+      result.append(True)
+    except OSError:
+      pass
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(_PROBE_TIMEOUT_S)
+  return bool(result)
+
+
+def _mocked(builder) -> bool:
+  """True under tfds.testing.mock_data, which downloads nothing."""
+  method = type(builder).download_and_prepare
+  return method.__module__.startswith("tensorflow_datasets.testing")
+
+
+def ensure_prepared(name: str, data_dir: str | None) -> None:
+  """Downloads and prepares `name` unless `data_dir` holds it; without a
+  network, fails within seconds (TFDS would retry for minutes) with the way
+  to prepare the data offline."""
+  import tensorflow_datasets as tfds
+  from absl import logging
+
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # no warning about a missing dir
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared() or _mocked(builder):
+      return
+  finally:
+    logging.set_verbosity(verbosity)
+  where = data_dir or "~/tensorflow_datasets"
+  url = DOWNLOAD_URLS[name]
+  offline = (
+    f"copy {url.rsplit('/', 1)[1]} (or an image folder) to this machine and "
+    f"run: python -m densenet_jax.prepare_data SOURCE --data-dir {where}"
+  )
+  if not _reachable(url):
+    raise errors.UserError(
+      f"{name} is not in data dir {where} and could not be downloaded "
+      f"({url} is unreachable); {offline}"
+    )
+  try:
+    builder.download_and_prepare(file_format="array_record")
+  except Exception as err:  # any download or preparation failure
+    message = str(err).strip().splitlines() or [type(err).__name__]
+    raise errors.UserError(
+      f"{name} is not in data dir {where} and could not be downloaded "
+      f"({message[0][:200]}); {offline}"
+    ) from err
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -12,6 +12,25 @@ import numpy as np
 
 from densenet_jax import errors
 
+# How long a process waits for the others: at start-up and at the barriers
+# before collectives. Processes drift apart by whatever one of them does
+# alone (reading data, compiling, drawing plots), which on a loaded machine
+# takes minutes, while Gloo, the CPU collectives, waits only 30 s for its
+# peers; a generous limit here, and barriers, keep that wait short.
+TIMEOUT_ENV = "DENSENET_JAX_SYNC_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800
+
+
+def timeout_s() -> int:
+  """The wait limit: $DENSENET_JAX_SYNC_TIMEOUT_S or 30 minutes."""
+  text = os.environ.get(TIMEOUT_ENV, "")
+  try:
+    return int(text) if text else DEFAULT_TIMEOUT_S
+  except ValueError:
+    raise errors.UserError(
+      f"{TIMEOUT_ENV}={text!r} must be a number of seconds"
+    ) from None
+
 
 def launched_as_several() -> bool:
   """True when the environment says this is one of several processes."""
@@ -34,7 +53,12 @@ def initialize(
   if all(v is None for v in given) and not launched_as_several():
     return
   try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(
+      coordinator_address,
+      num_processes,
+      process_id,
+      initialization_timeout=timeout_s(),
+    )
   except (ValueError, RuntimeError) as err:
     raise errors.UserError(
       f"cannot start the multi-process runtime (coordinator "
@@ -45,6 +69,18 @@ def initialize(
 
 def is_main_process() -> bool:
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (through the coordinator, not a
+  collective, so the wait may last up to timeout_s())."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed
+
+  jax_distributed.global_state.client.wait_at_barrier(
+    f"densenet_jax_{name}", timeout_s() * 1000
+  )
 
 
 def any_process(flag: bool) -> bool:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from densenet_jax import cli, data, errors, inference, models
+from densenet_jax import cli, data, errors, inference, models, validate
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
@@ -162,6 +162,8 @@ def main(argv=None):
 
 def _main(argv):
   args = parse_args(argv)
+  if args.dataset:
+    validate.name("dataset", args.dataset)
   model = inference.load(args.workdir, args.checkpoint)
   config = model.config
   name = args.dataset or config.dataset

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from densenet_jax import checkpointing, data, errors, models
+from densenet_jax import checkpointing, data, errors, models, validate
 
 IMAGE_SHAPE = (32, 32, 3)
 CheckpointError = checkpointing.CheckpointError
@@ -120,6 +120,10 @@ def read_config(workdir) -> ml_collections.ConfigDict:
       raise CheckpointError(
         f"{path} names {key} {config.get(key)!r}; known: {', '.join(known)}"
       )
+  try:
+    validate.config(config)
+  except errors.UserError as err:
+    raise CheckpointError(f"{path}: {err}") from None
   return config
 
 

@@ -16,7 +16,7 @@ import pathlib
 
 import numpy as np
 
-from densenet_jax import cli, data, errors, reporting
+from densenet_jax import cli, data, errors, reporting, validate
 
 
 def sample_indices(labels, num_classes: int, per_class: int, seed: int = 0):
@@ -119,6 +119,8 @@ def main(argv=None):
 def _main(argv):
   args = parse_args(argv)
   if args.command == "samples":
+    validate.name("dataset", args.dataset)
+    validate.split_sizes({"dataset": args.dataset, "val_size": args.val_size})
     dataset = data.load(args.dataset, args.data_dir, args.val_size)
     out = pathlib.Path(
       args.output or f"samples_{args.dataset}_{args.split}.png"

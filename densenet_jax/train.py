@@ -31,6 +31,8 @@ from densenet_jax import (
   models,
   reporting,
   steps,
+  validate,
+  workdir_lock,
   xla_flags,
 )
 
@@ -86,9 +88,12 @@ def _check_workdir_config(workdir: pathlib.Path, config) -> None:
           f"{workdir} holds a run with {key}={saved.get(key)!r}, not "
           f"{config[key]!r}; use another --workdir or the same {key}"
         )
+
+
+def _write_config(workdir: pathlib.Path, config) -> None:
   if distributed.is_main_process():
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json(indent=2) + "\n")
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
 
 
 def _log(*args) -> None:
@@ -128,28 +133,44 @@ def train_and_evaluate(
   workdir,
   dataset: data.Dataset | None = None,
 ) -> dict:
-  """Trains (resuming from workdir), then scores the best state on test."""
+  """Trains (resuming from workdir), then scores the best state on test.
+
+  Process 0 holds the workdir's lock for the run: a second run started on
+  the same workdir stops with an error instead of writing checkpoints."""
   started = time.perf_counter()
   workdir = pathlib.Path(workdir)
+  validate.config(config, check_sizes=dataset is None)
+  check_workdir(workdir)
   check_batch_sizes(config, jax.device_count())
   _check_workdir_config(workdir, config)
-  if dataset is None:
-    dataset = data.load(
-      config.dataset,
-      config.data_dir,
-      config.val_size,
-      config.train_size,
-      progress=distributed.is_main_process(),
-    )
-  train_split = dataset.splits["train"]
-  spe = config.steps_per_epoch or data.steps_per_epoch(
-    len(train_split), config.batch_size
+  lock = (
+    workdir_lock.hold(workdir)
+    if distributed.is_main_process()
+    else contextlib.nullcontext()
   )
-  if spe <= 0:
-    raise ConfigError(
-      f"batch_size={config.batch_size} is larger than the "
-      f"{len(train_split)} training images"
+  with lock:
+    if dataset is None:
+      dataset = data.load(
+        config.dataset,
+        config.data_dir,
+        config.val_size,
+        config.train_size,
+        progress=distributed.is_main_process(),
+      )
+    spe = config.steps_per_epoch or data.steps_per_epoch(
+      len(dataset.splits["train"]), config.batch_size
     )
+    if spe <= 0:
+      raise ConfigError(
+        f"batch_size={config.batch_size} is larger than the "
+        f"{len(dataset.splits['train'])} training images"
+      )
+    _write_config(workdir, config)
+    return _train_and_evaluate(config, workdir, dataset, spe, started)
+
+
+def _train_and_evaluate(config, workdir, dataset, spe, started) -> dict:
+  train_split = dataset.splits["train"]
   model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
   state = steps.create_train_state(
     config, model, train_split.images.shape[1:], spe
@@ -177,6 +198,7 @@ def train_and_evaluate(
     else None
   )
   rstate = flax.jax_utils.replicate(state)
+  _compile_then_wait(config, p_train, p_eval, rstate, dataset.splits, spe)
   try:
     with stop_on_signals() as flag:
       stopper = _Stopper(flag, config.log_every_steps)
@@ -200,6 +222,7 @@ def train_and_evaluate(
           extra = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
         extra["wall_time_s"] = time.perf_counter() - started
         _end_epoch(config, state, val, meta, ckpt, reporter, extra)
+        distributed.barrier(f"epoch_{len(meta['history'])}")  # after plots
         if stopper(int(state.step), force=True):
           raise Interrupted(flag["stop"] or "a signal to another process")
   except Interrupted as stop:
@@ -245,6 +268,34 @@ def train_and_evaluate(
     f"({test['count']} images, checkpoint of step {int(state.step)})"
   )
   return result
+
+
+def _compile_then_wait(config, p_train, p_eval, rstate, splits, spe) -> None:
+  """With several processes: compiles the steps, then waits for the others.
+
+  The first collective connects the processes, and that waits only 30 s
+  for a peer still compiling on a loaded machine; after this barrier all
+  processes meet it at once."""
+  if jax.process_count() == 1:
+    return
+  n, index, count = (
+    jax.local_device_count(),
+    jax.process_index(),
+    jax.process_count(),
+  )
+  batch = next(
+    data.train_batches(
+      splits["train"], config.batch_size, config.seed, 0, 0, spe, index, count
+    )
+  )
+  p_train.lower(rstate, data.shard(batch, n)).compile()
+  batch = next(
+    data.eval_batches(
+      splits["validation"], config.eval_batch_size, index, count
+    )
+  )
+  p_eval.lower(rstate, data.shard(batch, n)).compile()
+  distributed.barrier("compiled")
 
 
 def _train_epoch(config, p_train, rstate, split, spe, meta, stopper):
@@ -414,12 +465,16 @@ def parse_config(argv=None):
     if getattr(args, key) is not None:
       config[key] = getattr(args, key)
   configs.override(config, args.set)
-  if config.model not in models.PRESETS:
-    raise ConfigError(
-      f"unknown model {config.model!r}; choose one of "
-      f"{', '.join(models.PRESETS)}"
-    )
+  validate.config(config)
+  check_workdir(args.workdir)
   return args, config
+
+
+def check_workdir(workdir) -> None:
+  """The workdir must be a folder or not exist yet (training creates it)."""
+  path = pathlib.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise ConfigError(f"workdir {path} is a file, not a folder")
 
 
 def main(argv=None):

@@ -155,3 +155,48 @@ def test_ids_without_numbers_keep_the_stored_order():
     0,
   ]
   assert data.original_order(["gebc ahgjef", "train_3"]) is None
+
+
+def test_no_network_and_no_data_fails_at_once_with_the_offline_way(
+  tmp_path, monkeypatch
+):
+  monkeypatch.setattr(data, "_reachable", lambda url: False)
+  missing = tmp_path / "nowhere"
+  with pytest.raises(errors.UserError) as err:
+    data.load("cifar10", str(missing), progress=False)
+  message = str(err.value)
+  assert f"cifar10 is not in data dir {missing}" in message
+  assert "could not be downloaded" in message
+  assert "cifar-10-binary.tar.gz" in message
+  assert f"densenet_jax.prepare_data SOURCE --data-dir {missing}" in message
+  assert not missing.exists()
+
+
+def test_a_failing_download_is_one_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "_reachable", lambda url: True)
+
+  def refuse(self, *args, **kwargs):
+    raise ConnectionError("Name or service not known")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+  with pytest.raises(errors.UserError) as err:
+    data.load("cifar100", str(tmp_path), progress=False)
+  message = str(err.value)
+  assert "cifar100 is not in data dir" in message
+  assert "(Name or service not known)" in message
+  assert "cifar-100-binary.tar.gz" in message
+
+
+def test_train_without_network_ends_in_one_line(
+  tmp_path, monkeypatch, cli_error
+):
+  from densenet_jax import train
+
+  monkeypatch.setattr(data, "_reachable", lambda url: False)
+  workdir = tmp_path / "run"
+  message = cli_error(
+    train.main,
+    ["--workdir", workdir, "--config", "smoke", "--data-dir", tmp_path / "no"],
+  )
+  assert "could not be downloaded" in message
+  assert not workdir.exists()  # the refused run left nothing behind

@@ -49,7 +49,14 @@ def launch(workdir, devices, *extra):
   )
 
 
-def finish(*procs, timeout=300):
+# Time limits on the subprocesses only catch a hung run: on a loaded
+# machine (several runs of the suite sharing 2 cores) a run that takes
+# under a minute alone can take many; a limit that is too short fails the
+# suite for nothing.
+TIMEOUT_S = 1800
+
+
+def finish(*procs, timeout=TIMEOUT_S):
   outputs = []
   for proc in procs:
     out, _ = proc.communicate(timeout=timeout)
@@ -137,9 +144,24 @@ def test_two_processes_resume_and_only_process_zero_reports(runs):
 
 def test_a_batch_the_devices_cannot_split_is_refused(tmp_path):
   proc = launch(tmp_path, 3)
-  out, _ = proc.communicate(timeout=120)
+  out, _ = proc.communicate(timeout=TIMEOUT_S)
   assert proc.returncode == 1
   assert out.strip().splitlines()[-1] == (
     "error: batch_size=32 does not divide over 3 devices; use a multiple of 3"
   )
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_start_up_waits_generously_for_the_other_processes(monkeypatch):
+  from densenet_jax import distributed
+
+  calls = []
+  monkeypatch.setattr(
+    jax.distributed, "initialize", lambda *a, **kw: calls.append(kw)
+  )
+  monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+  distributed.initialize("localhost:1", 2, 0)
+  assert calls[-1]["initialization_timeout"] == 1800
+  monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
+  distributed.initialize("localhost:1", 2, 0)
+  assert calls[-1]["initialization_timeout"] == 90
