@@ -269,20 +269,26 @@ def test_losses_over_20_steps(trajectories):
   steps move every weight by about lr * sign(gradient) whatever the
   gradient's size, so a float32 rounding difference in a near-zero gradient
   becomes a full-size step of the other sign; from there the trajectories
-  separate chaotically (measured: 1e-5 at step 0, 1e-3 at step 1, 0.03 at
-  steps 2-3, single steps up to 0.44 later, as far as between two of our
-  own runs that only place Adam's epsilon differently). So: step 0 within
-  1e-4, step 1 within 1e-2, steps 2-3 within 0.1, and the mean over steps
-  4-19 within 0.1 (measured: 0.013), while both losses fall."""
+  separate chaotically (two runs of this test, alone and within the whole
+  suite, gave our step-1 loss as 1.99812 and 1.99723). Measured at batch
+  16: 1e-5 at step 0, 3e-3 at step 1, up to 0.03 at steps 2-3, single
+  later steps up to 0.31 apart, as far apart as two of our own runs that
+  only place Adam's epsilon differently; the mean over steps 4-19 within
+  0.007 and 0.048 in two runs (the per-step differences scatter by about
+  0.13, so their mean over 16 steps by about 0.05). So: step 0 within
+  1e-4, step 1 within 1e-2, steps 2-3 within 0.15, the mean over steps
+  4-19 within 0.2, and both runs learn (the mean loss of the last 10
+  steps, about 1.1, below 0.6 times the first, 3.1)."""
   keras, ours = trajectories["keras"], trajectories["ours"]
   for step, (k, o) in enumerate(zip(keras, ours)):
     print(f"step {step:2d}: keras {k:.5f} ours {o:.5f} diff {o - k:+.2e}")
   print(f"mean over steps 4-19: diff {ours[4:].mean() - keras[4:].mean():+.3f}")
   assert abs(ours[0] - keras[0]) < 1e-4
   assert abs(ours[1] - keras[1]) < 1e-2
-  assert np.all(np.abs(ours[2:4] - keras[2:4]) < 0.1)
-  assert abs(ours[4:].mean() - keras[4:].mean()) < 0.1
-  assert ours[-5:].mean() < 0.5 * ours[0] and keras[-5:].mean() < 0.5 * keras[0]
+  assert np.all(np.abs(ours[2:4] - keras[2:4]) < 0.15)
+  assert abs(ours[4:].mean() - keras[4:].mean()) < 0.2
+  assert ours[-10:].mean() < 0.6 * ours[0]
+  assert keras[-10:].mean() < 0.6 * keras[0]
 
 
 def test_other_networks_are_refused(tutorial, tmp_path, cli_error):
