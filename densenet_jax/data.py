@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from densenet_jax import errors
+from densenet_jax import data_cache, errors
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 SYNTHETIC_SIZES = {"train": 1000, "test": 500}  # train includes validation
@@ -93,15 +93,34 @@ def _read_source(source, desc: str, progress: bool) -> Split:
   return Split(images[order], labels[order])
 
 
+def _read_sources(name: str, sources: dict, progress: bool, cache) -> tuple:
+  """The train and test splits from the decoded cache, else decoded from
+  their TFDS sources (and then cached)."""
+  use_cache = data_cache.enabled(cache)
+  arrays = data_cache.read(sources) if use_cache else None
+  if arrays is None:
+    splits = {
+      split: _read_source(source, f"reading {name} {split}", progress)
+      for split, source in sources.items()
+    }
+    arrays = {s: (split.images, split.labels) for s, split in splits.items()}
+    if use_cache:
+      data_cache.write(sources, arrays)
+  return Split(*arrays["train"]), Split(*arrays["test"])
+
+
 def load(
   name: str = "cifar10",
   data_dir: str | None = None,
   val_size: int = 5000,
   train_size: int | None = None,
   progress: bool = True,
+  cache: bool | None = None,
 ) -> Dataset:
   """Loads `name` from TFDS (downloading it if needed) into memory; a
-  `data_dir` ending in .npz is read with numpy instead."""
+  `data_dir` ending in .npz is read with numpy instead. The decoded TFDS
+  splits are cached (see data_cache) unless `cache` is False, or None and
+  $DENSENET_JAX_DATA_CACHE is 0."""
   if name not in DATASETS:
     raise errors.UserError(
       f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
@@ -117,11 +136,13 @@ def load(
 
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
     ensure_prepared(name, data_dir)
-    source = tfds.data_source(name, split="train", data_dir=data_dir)
-    class_names = list(source.dataset_info.features["label"].names)
-    full = _read_source(source, f"reading {name} train", progress)
-    source = tfds.data_source(name, split="test", data_dir=data_dir)
-    test = _read_source(source, f"reading {name} test", progress)
+    sources = {
+      split: tfds.data_source(name, split=split, data_dir=data_dir)
+      for split in ("train", "test")
+    }
+    info = sources["train"].dataset_info
+    class_names = list(info.features["label"].names)
+    full, test = _read_sources(name, sources, progress, cache)
   if not 0 < val_size < len(full):
     raise errors.UserError(
       f"val_size={val_size} must be between 1 and {len(full) - 1} "
