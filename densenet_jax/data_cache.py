@@ -133,6 +133,7 @@ def write(sources: dict, arrays: dict) -> bool:
       np.save(temporary / f"{split}_images.npy", images)
       np.save(temporary / f"{split}_labels.npy", labels)
     (temporary / "key.json").write_text(json.dumps(key, indent=1))
+    os.chmod(temporary, 0o755)  # mkdtemp's 0o700 would hide it from others
     if where.exists():  # a stale cache: moved aside, then removed
       stale = pathlib.Path(
         tempfile.mkdtemp(prefix=f".{FOLDER}-stale-", dir=where.parent)

@@ -111,6 +111,8 @@ def test_first_load_writes_the_cache_second_does_not_read_the_source(
     "train_labels.npy",
   ]
   assert_same(first, uncached)
+  # Readable by the data dir's other users, as the data set itself.
+  assert cache_folder(tmp_path).stat().st_mode & 0o777 == 0o755
   FakeSource.readable = False
   second = load()
   assert_same(second, uncached)
