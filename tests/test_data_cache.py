@@ -80,8 +80,8 @@ def load(**kwargs):
   return data.load("cifar10", val_size=10, progress=False, **kwargs)
 
 
-def assert_same(a, b):
-  assert a.class_names == b.class_names == NAMES
+def assert_same(a, b, names=NAMES):
+  assert a.class_names == b.class_names == list(names)
   for split in data.SPLITS:
     np.testing.assert_array_equal(
       a.splits[split].images, b.splits[split].images
@@ -230,3 +230,38 @@ def test_mocked_tfds_is_never_cached(tmp_path, monkeypatch):
     assert data_cache.source_key(sources) is None
     data.load("cifar10", str(tmp_path), val_size=10, progress=False)
   assert os.listdir(tmp_path) == []
+
+
+def test_a_prepared_tfds_data_dir_is_cached_and_read_back(
+  tmp_path, monkeypatch
+):
+  """The real thing on a tiny scale: an array_record data dir built by
+  prepare_data (TensorFlow needed) and read through tfds.data_source."""
+  from densenet_jax import cifar_files, prepare_data
+
+  monkeypatch.delenv(data_cache.ENV, raising=False)
+  rng = np.random.default_rng(0)
+  labels = {"train": np.arange(30) % 10, "test": np.arange(10)}
+  images = {
+    s: rng.integers(0, 256, (len(y), 32, 32, 3), dtype=np.uint8)
+    for s, y in labels.items()
+  }
+  names = list(data.CIFAR10_CLASSES)
+  source = cifar_files.Source("cifar10", images, labels, names, None)
+  archive = cifar_files.write_binary(source, tmp_path)
+  data_dir = tmp_path / "dd"
+  prepare_data.prepare(archive, data_dir)
+
+  def load_real(**kwargs):
+    return data.load("cifar10", str(data_dir), 5, progress=False, **kwargs)
+
+  expected = load_real(cache=False)
+  assert_same(load_real(), expected, names)
+  (version,) = (data_dir / "cifar10").iterdir()
+  assert (version / data_cache.FOLDER / "key.json").exists()
+
+  def no_decoding(*args):
+    raise AssertionError("decoded again")
+
+  monkeypatch.setattr(data, "_read_source", no_decoding)
+  assert_same(load_real(), expected, names)
