@@ -151,7 +151,7 @@ def run(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from densenet_jax import augment, configs, data, steps, train
+  from densenet_jax import augment, configs, data, models, steps, train
 
   config = configs.load("default")
   config.model, config.dtype, config.impl = args.model, args.dtype, args.impl
@@ -167,7 +167,7 @@ def run(args) -> dict:
   else:
     split = data.synthetic_split(max(config.batch_size, 1), seed=0)
     num_classes = 10
-  model = steps.create_model(config, num_classes, axis_name=steps.AXIS)
+  model = models.from_config(config, num_classes, axis_name=steps.AXIS)
   state = steps.create_train_state(config, model, split.images.shape[1:])
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   augment_config = (
@@ -247,7 +247,9 @@ def run(args) -> dict:
     # Augmentation alone, jitted, on one device's share of the batch.
     images = jnp.asarray(batch["image"][: config.batch_size // n_dev])
     augment_fn = jax.jit(
-      lambda key, x: augment.augment_batch(key, x / 255.0, augment_config)
+      lambda key, x: augment.augment_batch(
+        key, models.scale_inputs(x), augment_config
+      )
     )
     jax.block_until_ready(augment_fn(jax.random.key(0), images))
 

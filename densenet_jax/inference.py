@@ -217,12 +217,7 @@ def load(path, kind: str = "best") -> Model:
   where = locate(path, kind)
   config = read_config(where.workdir)
   names = class_names(config.dataset)
-  module = models.create_model(
-    config.model,
-    num_classes=len(names),
-    dtype=jnp.dtype(config.get("dtype", "float32")),
-    impl=config.get("impl", "fast"),
-  )
+  module = models.from_config(config, len(names))
   what = (
     f"model {config.model!r} with {len(names)} classes "
     f"({config.dataset}), as {where.workdir / 'config.json'} says"

@@ -28,6 +28,7 @@ from densenet_jax import (
   data,
   distributed,
   errors,
+  evaluate,
   models,
   reporting,
   steps,
@@ -171,7 +172,7 @@ def train_and_evaluate(
 
 def _train_and_evaluate(config, workdir, dataset, spe, started) -> dict:
   train_split = dataset.splits["train"]
-  model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
+  model = models.from_config(config, dataset.num_classes, axis_name=steps.AXIS)
   state = steps.create_train_state(
     config, model, train_split.images.shape[1:], spe
   )
@@ -211,12 +212,12 @@ def _train_and_evaluate(config, workdir, dataset, spe, started) -> dict:
         if stopped:
           raise Interrupted(flag["stop"] or "a signal to another process")
         state = jax.device_get(flax.jax_utils.unreplicate(rstate))
-        val = steps.evaluate(
+        val = evaluate.evaluate_state(
           p_eval, rstate, dataset.splits["validation"], config.eval_batch_size
         )
         extra = {}
         if config.test_every_epoch:
-          test = steps.evaluate(
+          test = evaluate.evaluate_state(
             p_eval, rstate, dataset.splits["test"], config.eval_batch_size
           )
           extra = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
@@ -245,7 +246,7 @@ def _train_and_evaluate(config, workdir, dataset, spe, started) -> dict:
   best = ckpt.restore("best", state)
   if best:
     state = best[0]
-  test = steps.evaluate(
+  test = evaluate.evaluate_state(
     p_eval,
     flax.jax_utils.replicate(state),
     dataset.splits["test"],

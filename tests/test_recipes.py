@@ -17,6 +17,7 @@ from densenet_jax import (
   configs,
   data,
   evaluate,
+  models,
   optim,
   steps,
   train,
@@ -48,7 +49,7 @@ def test_ema_decay_warms_up_then_holds():
 
 
 def tiny_state(config, dataset):
-  model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
+  model = models.from_config(config, dataset.num_classes, axis_name=steps.AXIS)
   return steps.create_train_state(config, model, (32, 32, 3))
 
 
@@ -62,7 +63,9 @@ def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
   state = state.replace(ema=ema)
   split = dataset.splits["test"]
   _, p_eval = steps.make_steps(None, steps.StepOptions(tta_flip=True))
-  result = steps.evaluate(p_eval, flax.jax_utils.replicate(state), split, 100)
+  result = evaluate.evaluate_state(
+    p_eval, flax.jax_utils.replicate(state), split, 100
+  )
   images = split.images / 255.0
   logits = (
     state.apply_fn(ema, images) + state.apply_fn(ema, images[:, :, ::-1])
