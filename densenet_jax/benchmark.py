@@ -104,7 +104,7 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def _environment(jax, args) -> dict:
+def _environment(jax) -> dict:
   def git(*cmd):
     try:
       out = subprocess.run(
@@ -195,7 +195,7 @@ def run(args) -> dict:
     "mode": args.mode,
     "dataset": args.dataset if args.mode == "pipeline" else "synthetic",
   }
-  result["env"] = _environment(jax, args)
+  result["env"] = _environment(jax)
   timed = {}
   holder = {"state": rstate}  # the train step donates (consumes) its state
 

@@ -71,9 +71,6 @@ class Checkpoints:
       for kind in KINDS
     }
 
-  def latest_step(self, kind: str = "latest") -> int | None:
-    return self._managers[kind].latest_step()
-
   def save(self, kind: str, state, meta: dict) -> None:
     """Saves `state` (an unreplicated TrainState) with `meta` as its step."""
     manager = self._managers[kind]

@@ -46,7 +46,6 @@ def trained_workdir(tmp_path_factory):
 def tree_digest(path) -> dict:
   """Every file and folder under `path` with a hash of its bytes."""
   import hashlib
-  import pathlib
 
   root = pathlib.Path(path)
   return {

@@ -96,8 +96,16 @@ def smoke_sized(config):
 @pytest.mark.parametrize("name", ["reference", "paper", "fast", "cpu_check"])
 def test_recipes_load_and_build_their_optimizers(name):
   config = configs.load(name)
-  optim.create_optimizer(config, 351)
-  steps.StepOptions.from_config(config)
+  params = models.create_model("tiny").init(
+    jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+  )["params"]
+  tx = optim.create_optimizer(config, 351)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+  assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
+  # The step settings are hashable: they key the compiled steps' cache.
+  assert steps.make_steps_for(config) == steps.make_steps_for(config)
 
 
 def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
