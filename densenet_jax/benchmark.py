@@ -151,13 +151,13 @@ def run(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from densenet_jax import augment, configs, data, models, steps, train
+  from densenet_jax import augment, configs, data, models, steps
 
   config = configs.load("default")
   config.model, config.dtype, config.impl = args.model, args.dtype, args.impl
   config.batch_size = args.batch_size
   config.eval_batch_size = args.eval_batch_size or args.batch_size
-  train.check_batch_sizes(config, jax.device_count())
+  data.check_batch_sizes(config, jax.device_count())
   n_dev = jax.local_device_count()
   if args.mode == "pipeline":
     val_size = 100 if args.dataset == "synthetic" else config.val_size

@@ -276,12 +276,28 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
+def _check_divides(what: str, size: int, parts: int, unit: str) -> None:
+  """A batch (`what`, e.g. "batch size 8") must split into equal parts."""
+  if size % parts:
+    raise errors.ConfigError(
+      f"{what} does not divide over {parts} {unit}; use a multiple of {parts}"
+    )
+
+
+def check_batch_sizes(config, num_devices: int) -> None:
+  """Global batch sizes must be positive and split evenly over all devices."""
+  for name in ("batch_size", "eval_batch_size"):
+    value = config[name]
+    if not isinstance(value, int) or value <= 0:
+      raise errors.ConfigError(f"{name}={value!r} must be a positive integer")
+    _check_divides(f"{name}={value}", value, num_devices, "devices")
+
+
 def _process_slice(batch_size: int, process_index: int, process_count: int):
   """The rows of a global batch that one process feeds to its devices."""
-  if batch_size % process_count:
-    raise errors.UserError(
-      f"batch size {batch_size} does not divide over {process_count} processes"
-    )
+  _check_divides(
+    f"batch size {batch_size}", batch_size, process_count, "processes"
+  )
   per_process = batch_size // process_count
   return slice(process_index * per_process, (process_index + 1) * per_process)
 
@@ -354,11 +370,7 @@ def synthetic_split(n: int, num_classes: int = 10, seed: int = 0) -> Split:
 def shard(batch: dict, num_devices: int) -> dict:
   """Reshapes each (B, ...) array to (num_devices, B / num_devices, ...)."""
   size = len(next(iter(batch.values())))
-  if size % num_devices:
-    raise errors.UserError(
-      f"batch size {size} does not divide over {num_devices} devices; "
-      f"use a multiple of {num_devices}"
-    )
+  _check_divides(f"batch size {size}", size, num_devices, "devices")
   return {
     k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()
   }

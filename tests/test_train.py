@@ -54,24 +54,24 @@ def test_batch_sizes_the_devices_cannot_split_are_refused(smoke_config):
   with pytest.raises(
     train.ConfigError, match="batch_size=33 does not divide over 2 devices"
   ):
-    train.check_batch_sizes(smoke_config, 2)
+    data.check_batch_sizes(smoke_config, 2)
   smoke_config.batch_size = 0
   with pytest.raises(train.ConfigError, match="batch_size=0 must be"):
-    train.check_batch_sizes(smoke_config, 1)
+    data.check_batch_sizes(smoke_config, 1)
 
 
 def test_early_stopping_after_patience_epochs_without_improvement():
-  meta = {"best_train_loss": None, "wait": 0, "stopped_early": False}
+  meta = train.RunRecord()
   losses = [2.0, 1.5, 1.6, 1.5, 1.7, 1.55]  # best 1.5 at epoch 2
   stopped = []
   for loss in losses:
     train._early_stopping(meta, loss, patience=4)
-    stopped.append(meta["stopped_early"])
+    stopped.append(meta.stopped_early)
   assert stopped == [False] * 5 + [True]
-  meta = {"best_train_loss": None, "wait": 0, "stopped_early": False}
+  meta = train.RunRecord()
   for loss in [2.0, 2.1, 2.2, 1.9, 2.0, 2.0, 2.0]:
     train._early_stopping(meta, loss, patience=4)
-  assert not meta["stopped_early"]  # 1.9 reset the count
+  assert not meta.stopped_early  # 1.9 reset the count
 
 
 def test_training_stops_early_end_to_end(
