@@ -51,30 +51,18 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.Module):
-  """`num_layers` DenseLayers, each adding `growth_rate` channels; returns
-  the list of feature maps (input first) whose concatenation is the block's
-  output."""
+  """`num_layers` layers made by `layer` (a DenseLayer without its name),
+  each adding its channels; returns the list of feature maps (input first)
+  whose concatenation is the block's output."""
 
   num_layers: int
-  growth_rate: int
-  bottleneck_width: int
-  norm: Any
-  conv: Any = nn.Conv
-  dtype: Any = jnp.float32
+  layer: Callable[..., DenseLayer]
 
   @nn.compact
   def __call__(self, x):
     features = [x]
     for i in range(self.num_layers):
-      y = DenseLayer(
-        self.growth_rate,
-        self.bottleneck_width,
-        self.norm,
-        self.conv,
-        self.dtype,
-        name=f"layer{i}",
-      )(features)
-      features.append(y)
+      features.append(self.layer(name=f"layer{i}")(features))
     return features
 
 
@@ -179,16 +167,16 @@ class DenseNet(nn.Module):
     if self.stem_bn:
       x = norm(epsilon=STEM_BN_EPSILON, dtype=stem_dtype, name="stem_bn")(x)
     x = x.astype(self.dtype)
+    layer = functools.partial(
+      DenseLayer,
+      self.growth_rate,
+      self.bottleneck_width,
+      norm,
+      conv,
+      self.dtype,
+    )
     for b, num_layers in enumerate(self.blocks):
-      x = DenseBlock(
-        num_layers,
-        self.growth_rate,
-        self.bottleneck_width,
-        norm,
-        conv,
-        self.dtype,
-        name=f"block{b}",
-      )(x)
+      x = DenseBlock(num_layers, layer, name=f"block{b}")(x)
       if b < len(self.blocks) - 1 or self.transition_after_last:
         x = Transition(
           self.reduction, norm, conv, impl, self.dtype, name=f"transition{b}"
