@@ -104,7 +104,7 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def _environment(jax, args) -> dict:
+def _environment(jax) -> dict:
   def git(*cmd):
     try:
       out = subprocess.run(
@@ -147,18 +147,15 @@ def check_args(args) -> None:
 
 def run(args) -> dict:
   """Compiles and times the steps `args` describe; returns the numbers."""
-  import flax.jax_utils
   import jax
-  import jax.numpy as jnp
 
-  from densenet_jax import augment, configs, data, steps, train
+  from densenet_jax import augment, configs, data, models, steps
 
   config = configs.load("default")
   config.model, config.dtype, config.impl = args.model, args.dtype, args.impl
   config.batch_size = args.batch_size
   config.eval_batch_size = args.eval_batch_size or args.batch_size
-  train.check_batch_sizes(config, jax.device_count())
-  n_dev = jax.local_device_count()
+  data.check_batch_sizes(config, jax.device_count())
   if args.mode == "pipeline":
     val_size = 100 if args.dataset == "synthetic" else config.val_size
     dataset = data.load(args.dataset, args.data_dir, val_size, progress=False)
@@ -167,7 +164,7 @@ def run(args) -> dict:
   else:
     split = data.synthetic_split(max(config.batch_size, 1), seed=0)
     num_classes = 10
-  model = steps.create_model(config, num_classes, axis_name=steps.AXIS)
+  model = models.from_config(config, num_classes, axis_name=steps.AXIS)
   state = steps.create_train_state(config, model, split.images.shape[1:])
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   augment_config = (
@@ -175,16 +172,6 @@ def run(args) -> dict:
     if args.mode == "pipeline"
     else None
   )
-  p_train, p_eval = steps.make_steps(augment_config)
-  rstate = flax.jax_utils.replicate(state)
-  batch = next(
-    data.train_batches(split, config.batch_size, config.seed, epoch=0)
-  )
-  # A batch already on the devices: the step alone, no host transfer.
-  resident = jax.pmap(lambda x: x)(data.shard(batch, n_dev))
-  eval_batch = next(data.eval_batches(split, config.eval_batch_size))
-  eval_resident = jax.pmap(lambda x: x)(data.shard(eval_batch, n_dev))
-
   result = {
     "model": config.model,
     "impl": args.impl,
@@ -195,59 +182,120 @@ def run(args) -> dict:
     "mode": args.mode,
     "dataset": args.dataset if args.mode == "pipeline" else "synthetic",
   }
-  result["env"] = _environment(jax, args)
+  result["env"] = _environment(jax)
+  timers = _Timers(args, config, split, state, augment_config)
   timed = {}
-  holder = {"state": rstate}  # the train step donates (consumes) its state
-
   if args.mode != "eval":
+    timed["train"] = timers.train(result)
+  timed["eval"] = timers.eval(result)
+  if args.mode == "pipeline":
+    timed.update(timers.pipeline())
+  for name, t in timed.items():
+    result[f"{name}_img_s"] = t["img_s"]
+    result[f"{name}_runs_img_s"] = t["runs"]
+  result["peak_host_mb"] = _peak_host_mb()
+  result["peak_device_mb"] = _device_peak_mb(jax)
+  return result
+
+
+class _Timers:
+  """The train, eval and input-pipeline timings of one state, in the order
+  run calls them (the train step donates, so later timers use its state)."""
+
+  def __init__(self, args, config, split, state, augment_config):
+    import flax.jax_utils
+    import jax
+
+    from densenet_jax import data, steps
+
+    self.args, self.config, self.split = args, config, split
+    self.augment_config = augment_config
+    self.n_dev = jax.local_device_count()
+    self.p_train, self.p_eval = steps.make_steps(augment_config)
+    self.state = flax.jax_utils.replicate(state)
+    self.batch = next(
+      data.train_batches(split, config.batch_size, config.seed, epoch=0)
+    )
+    # Batches already on the devices: the step alone, no host transfer.
+    self.resident = jax.pmap(lambda x: x)(data.shard(self.batch, self.n_dev))
+    eval_batch = next(data.eval_batches(split, config.eval_batch_size))
+    self.eval_resident = jax.pmap(lambda x: x)(
+      data.shard(eval_batch, self.n_dev)
+    )
+    self.train_exe = None
+
+  def _rate(self, fn, images: int, steps: int) -> dict:
+    return _median_rate(fn, images, steps, self.args.repeats)
+
+  def train_steps(self, n, batches=None) -> None:
+    import jax
+
+    from densenet_jax import data
+
+    for _ in range(n):
+      if batches is None:
+        b = self.resident
+      else:
+        b = data.shard(next(batches), self.n_dev)
+      self.state, metrics = self.train_exe(self.state, b)
+    jax.block_until_ready(metrics)
+
+  def train(self, result: dict) -> dict:
+    """Compiles the train step (time and memory into `result`), then times
+    it on the resident batch."""
     start = time.perf_counter()
-    train_exe = p_train.lower(rstate, resident).compile()
+    self.train_exe = self.p_train.lower(self.state, self.resident).compile()
     result["train_compile_s"] = time.perf_counter() - start
-    memory = train_exe.memory_analysis()
+    memory = self.train_exe.memory_analysis()
     if memory is not None:
       result["train_temp_mb"] = memory.temp_size_in_bytes / 2**20
+    self.train_steps(self.args.warmup)
+    return self._rate(self.train_steps, self.config.batch_size, self.args.steps)
 
-    def train_steps(n, batches=None):
+  def eval(self, result: dict) -> dict:
+    """Compiles the eval step (time into `result`), then times it."""
+    import jax
+
+    start = time.perf_counter()
+    eval_exe = self.p_eval.lower(self.state, self.eval_resident).compile()
+    result["eval_compile_s"] = time.perf_counter() - start
+
+    def eval_steps(n):
       for _ in range(n):
-        b = resident if batches is None else data.shard(next(batches), n_dev)
-        holder["state"], metrics = train_exe(holder["state"], b)
-      jax.block_until_ready(metrics)
+        sums = eval_exe(self.state, self.eval_resident)
+      jax.block_until_ready(sums)
 
-    train_steps(args.warmup)
-    timed["train"] = _median_rate(
-      train_steps, config.batch_size, args.steps, args.repeats
-    )
+    eval_steps(self.args.warmup)
+    return self._rate(eval_steps, self.config.eval_batch_size, self.args.steps)
 
-  start = time.perf_counter()
-  eval_exe = p_eval.lower(holder["state"], eval_resident).compile()
-  result["eval_compile_s"] = time.perf_counter() - start
+  def pipeline(self) -> dict:
+    """The host batches alone, the augmentation alone, and the augmenting
+    train step fed by the host pipeline, as in training."""
+    import jax
+    import jax.numpy as jnp
 
-  def eval_steps(n):
-    for _ in range(n):
-      sums = eval_exe(holder["state"], eval_resident)
-    jax.block_until_ready(sums)
+    from densenet_jax import augment, data, models
 
-  eval_steps(args.warmup)
-  timed["eval"] = _median_rate(
-    eval_steps, config.eval_batch_size, args.steps, args.repeats
-  )
+    config, steps, n_dev = self.config, self.args.steps, self.n_dev
+    timed = {}
 
-  if args.mode == "pipeline":
     # Host batches alone: shuffled gathers from the in-memory split.
     def host_batches(n):
       batches = data.train_batches(
-        split, config.batch_size, 0, epoch=1, num_steps=10**9
+        self.split, config.batch_size, 0, epoch=1, num_steps=10**9
       )
       for _ in range(n):
         data.shard(next(batches), n_dev)
 
-    timed["host_batches"] = _median_rate(
-      host_batches, config.batch_size, 10 * args.steps, args.repeats
+    timed["host_batches"] = self._rate(
+      host_batches, config.batch_size, 10 * steps
     )
     # Augmentation alone, jitted, on one device's share of the batch.
-    images = jnp.asarray(batch["image"][: config.batch_size // n_dev])
+    images = jnp.asarray(self.batch["image"][: config.batch_size // n_dev])
     augment_fn = jax.jit(
-      lambda key, x: augment.augment_batch(key, x / 255.0, augment_config)
+      lambda key, x: augment.augment_batch(
+        key, models.scale_inputs(x), self.augment_config
+      )
     )
     jax.block_until_ready(augment_fn(jax.random.key(0), images))
 
@@ -256,27 +304,15 @@ def run(args) -> dict:
         out = augment_fn(jax.random.key(i), images)
       jax.block_until_ready(out)
 
-    timed["augment"] = _median_rate(
-      augment_steps, images.shape[0], 10 * args.steps, args.repeats
-    )
-    # The augmenting train step fed by the host pipeline, as in training.
+    timed["augment"] = self._rate(augment_steps, images.shape[0], 10 * steps)
     batches = data.train_batches(
-      split, config.batch_size, config.seed, epoch=2, num_steps=10**9
+      self.split, config.batch_size, config.seed, epoch=2, num_steps=10**9
     )
-    train_steps(args.warmup, batches)
-    timed["train_pipeline"] = _median_rate(
-      lambda n: train_steps(n, batches),
-      config.batch_size,
-      args.steps,
-      args.repeats,
+    self.train_steps(self.args.warmup, batches)
+    timed["train_pipeline"] = self._rate(
+      lambda n: self.train_steps(n, batches), config.batch_size, steps
     )
-
-  for name, t in timed.items():
-    result[f"{name}_img_s"] = t["img_s"]
-    result[f"{name}_runs_img_s"] = t["runs"]
-  result["peak_host_mb"] = _peak_host_mb()
-  result["peak_device_mb"] = _device_peak_mb(jax)
-  return result
+    return timed
 
 
 def table(result: dict) -> str:

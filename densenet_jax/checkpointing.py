@@ -71,9 +71,6 @@ class Checkpoints:
       for kind in KINDS
     }
 
-  def latest_step(self, kind: str = "latest") -> int | None:
-    return self._managers[kind].latest_step()
-
   def save(self, kind: str, state, meta: dict) -> None:
     """Saves `state` (an unreplicated TrainState) with `meta` as its step."""
     manager = self._managers[kind]
@@ -147,6 +144,20 @@ def _shapes(tree) -> dict:
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
+def _read_only_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+  """A manager that reads the checkpoints in `directory` and writes nothing."""
+  return ocp.CheckpointManager(
+    directory,
+    options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True, cleanup_tmp_directories=False
+    ),
+    item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+    },
+  )
+
+
 def restore_variables(directory, expected: dict, what: str = "the model"):
   """Reads only `params` and `batch_stats` of the newest checkpoint in
   `directory` (WORKDIR/checkpoints/best or latest), without the optimizer
@@ -159,16 +170,7 @@ def restore_variables(directory, expected: dict, what: str = "the model"):
   """
   directory = pathlib.Path(directory).absolute()
   with _quiet_orbax():
-    manager = ocp.CheckpointManager(
-      directory,
-      options=ocp.CheckpointManagerOptions(
-        create=False, read_only=True, cleanup_tmp_directories=False
-      ),
-      item_handlers={
-        "state": ocp.PyTreeCheckpointHandler(),
-        "meta": ocp.JsonCheckpointHandler(),
-      },
-    )
+    manager = _read_only_manager(directory)
     try:
       step = manager.latest_step()
       if step is None:

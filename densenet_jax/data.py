@@ -128,7 +128,7 @@ def load(
   if name == "synthetic":
     full = synthetic_split(SYNTHETIC_SIZES["train"], seed=0)
     test = synthetic_split(SYNTHETIC_SIZES["test"], seed=1)
-    class_names = [f"class{i}" for i in range(10)]
+    class_names = numbered_class_names(SYNTHETIC_CLASSES)
   elif str(data_dir or "").endswith(".npz"):
     full, test, class_names = _load_npz(name, data_dir)
   else:
@@ -162,18 +162,44 @@ def load(
   return Dataset(name, splits, class_names)
 
 
-CIFAR10_CLASSES = (
-  "airplane",
-  "automobile",
-  "bird",
-  "cat",
-  "deer",
-  "dog",
-  "frog",
-  "horse",
-  "ship",
-  "truck",
+# TFDS's label names (label.labels.txt of a prepared data dir), so that a
+# model can name its classes without the data set at hand.
+CIFAR10_CLASSES = tuple(
+  "airplane automobile bird cat deer dog frog horse ship truck".split()
 )
+CIFAR100_CLASSES = tuple(
+  """
+apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy
+bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee
+clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant
+flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower
+leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom
+oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate
+poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark
+shrew skunk skyscraper snail snake spider squirrel streetcar sunflower
+sweet_pepper table tank telephone television tiger tractor train trout tulip
+turtle wardrobe whale willow_tree wolf woman worm
+""".split()
+)
+SYNTHETIC_CLASSES = 10
+
+
+def numbered_class_names(num_classes: int) -> list[str]:
+  """class0, class1, ...: the names of classes that have none."""
+  return [f"class{i}" for i in range(num_classes)]
+
+
+def class_names(dataset: str) -> list[str]:
+  """The label names of a data set in DATASETS, in label order."""
+  if dataset == "cifar10":
+    return list(CIFAR10_CLASSES)
+  if dataset == "cifar100":
+    return list(CIFAR100_CLASSES)
+  if dataset == "synthetic":
+    return numbered_class_names(SYNTHETIC_CLASSES)
+  raise errors.UserError(
+    f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}"
+  )
 
 
 def _load_npz(name: str, path) -> tuple:
@@ -191,7 +217,7 @@ def _load_npz(name: str, path) -> tuple:
   num_classes = int(max(full.labels.max(), test.labels.max())) + 1
   if name == "cifar10" and num_classes <= 10:
     return full, test, list(CIFAR10_CLASSES)
-  return full, test, [f"class{i}" for i in range(num_classes)]
+  return full, test, numbered_class_names(num_classes)
 
 
 DOWNLOAD_URLS = {
@@ -271,12 +297,28 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
+def _check_divides(what: str, size: int, parts: int, unit: str) -> None:
+  """A batch (`what`, e.g. "batch size 8") must split into equal parts."""
+  if size % parts:
+    raise errors.ConfigError(
+      f"{what} does not divide over {parts} {unit}; use a multiple of {parts}"
+    )
+
+
+def check_batch_sizes(config, num_devices: int) -> None:
+  """Global batch sizes must be positive and split evenly over all devices."""
+  for name in ("batch_size", "eval_batch_size"):
+    value = config[name]
+    if not isinstance(value, int) or value <= 0:
+      raise errors.ConfigError(f"{name}={value!r} must be a positive integer")
+    _check_divides(f"{name}={value}", value, num_devices, "devices")
+
+
 def _process_slice(batch_size: int, process_index: int, process_count: int):
   """The rows of a global batch that one process feeds to its devices."""
-  if batch_size % process_count:
-    raise errors.UserError(
-      f"batch size {batch_size} does not divide over {process_count} processes"
-    )
+  _check_divides(
+    f"batch size {batch_size}", batch_size, process_count, "processes"
+  )
   per_process = batch_size // process_count
   return slice(process_index * per_process, (process_index + 1) * per_process)
 
@@ -349,11 +391,7 @@ def synthetic_split(n: int, num_classes: int = 10, seed: int = 0) -> Split:
 def shard(batch: dict, num_devices: int) -> dict:
   """Reshapes each (B, ...) array to (num_devices, B / num_devices, ...)."""
   size = len(next(iter(batch.values())))
-  if size % num_devices:
-    raise errors.UserError(
-      f"batch size {size} does not divide over {num_devices} devices; "
-      f"use a multiple of {num_devices}"
-    )
+  _check_divides(f"batch size {size}", size, num_devices, "devices")
   return {
     k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()
   }

@@ -3,3 +3,7 @@
 
 class UserError(ValueError):
   """Bad input (config, data, workdir, checkpoint), named in the message."""
+
+
+class ConfigError(UserError):
+  """A configuration that cannot run, with the value that is wrong."""

@@ -20,63 +20,76 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from densenet_jax import cli, data, errors, inference, models, validate
+from densenet_jax import cli, data, errors, inference, steps, validate
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def eval_sums(
   module, variables, batch: dict, num_classes: int, tta_flip: bool
 ) -> dict:
-  """Mask-weighted sums of one batch, as steps.eval_step, plus the
-  confusion matrix (rows: true class, columns: predicted class)."""
-  logits = models.eval_logits(module.apply, variables, batch["image"], tta_flip)
-  labels, mask = batch["label"], batch["mask"]
-  predicted = jnp.argmax(logits, -1)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  true_1hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
-  pred_1hot = jax.nn.one_hot(predicted, num_classes, dtype=jnp.int32)
+  """steps.eval_sums of one batch on one device, with the confusion matrix."""
+  return steps.eval_sums(module.apply, variables, batch, tta_flip, num_classes)
+
+
+def sum_batches(sums_fn, batches) -> dict:
+  """The sums `sums_fn` computes for each batch, added up and fetched to the
+  host (which waits for the last batch)."""
+  totals = None
+  for batch in batches:
+    sums = sums_fn(batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return jax.device_get(totals)
+
+
+def scores(totals: dict) -> dict:
+  """Mean loss and accuracy of summed float32 totals, and their count."""
   return {
-    "loss": jnp.sum(loss * mask),
-    "correct": jnp.sum((predicted == labels) * mask),
-    "count": jnp.sum(mask),
-    "confusion": (true_1hot * mask.astype(jnp.int32)[:, None]).T @ pred_1hot,
+    "loss": float(totals["loss"] / totals["count"]),
+    "accuracy": float(totals["correct"] / totals["count"]),
+    "count": int(totals["count"]),
   }
+
+
+def evaluate_state(p_eval, state, split: data.Split, batch_size: int) -> dict:
+  """Loss and accuracy of a replicated train state over every example of
+  `split`, each counted once, with the pmapped steps.eval_step `p_eval`.
+
+  `batch_size` is global: each process feeds its rows of every batch to its
+  devices, and the step's psum adds up all processes' sums."""
+  batches = data.eval_batches(
+    split, batch_size, jax.process_index(), jax.process_count()
+  )
+  num_devices = jax.local_device_count()
+  totals = sum_batches(
+    lambda batch: p_eval(state, data.shard(batch, num_devices)), batches
+  )
+  return scores(jax.tree.map(lambda x: x[0], totals))
 
 
 def evaluate(model: inference.Model, split: data.Split, batch_size: int):
   """Scores of `model` on every image of `split`; images/s excludes the
   compilation, which a warm-up batch pays for (`compile_s`)."""
 
-  def args(batch):
-    return (
-      model.module,
-      model.variables,
-      batch,
-      model.num_classes,
-      model.tta_flip,
+  def sums(batch):
+    return eval_sums(
+      model.module, model.variables, batch, model.num_classes, model.tta_flip
     )
 
-  batches = data.eval_batches(split, batch_size)
   first = next(data.eval_batches(split, batch_size))
   start = time.perf_counter()
-  jax.block_until_ready(eval_sums(*args(first)))
+  jax.block_until_ready(sums(first))
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  totals = None
-  for batch in batches:
-    sums = eval_sums(*args(batch))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)  # waits for the last batch
+  totals = sum_batches(sums, data.eval_batches(split, batch_size))
   seconds = time.perf_counter() - start
   confusion = np.asarray(totals["confusion"], np.int64)
   per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+  result = scores(totals)  # as training's: equal to its numbers
   return {
-    # float32 sums divided as in steps.evaluate: equal to its numbers.
-    "loss": float(totals["loss"] / totals["count"]),
-    "accuracy": float(totals["correct"] / totals["count"]),
-    "examples": int(totals["count"]),
+    "loss": result["loss"],
+    "accuracy": result["accuracy"],
+    "examples": result["count"],
     "per_class_accuracy": dict(zip(model.class_names, per_class.tolist())),
     "confusion_matrix": confusion.tolist(),
     "images_per_s": len(split) / seconds,

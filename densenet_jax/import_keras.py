@@ -25,7 +25,15 @@ import pathlib
 
 import numpy as np
 
-from densenet_jax import checkpointing, cli, configs, errors, inference, steps
+from densenet_jax import (
+  checkpointing,
+  cli,
+  configs,
+  errors,
+  inference,
+  models,
+  steps,
+)
 
 PRESET = "reference"
 NUM_CLASSES = 10  # the tutorial's CIFAR-10 classifier
@@ -196,7 +204,7 @@ def import_weights(h5_path, workdir) -> pathlib.Path:
   h5_path, workdir = pathlib.Path(h5_path), pathlib.Path(workdir)
   _check_workdir(workdir)
   config = configs.load(PRESET)
-  model = steps.create_model(config, NUM_CLASSES)
+  model = models.from_config(config, NUM_CLASSES)
   variables = load_h5(h5_path, model)  # fails before anything is written
   state = steps.create_train_state(config, model, inference.IMAGE_SHAPE)
   state = state.replace(

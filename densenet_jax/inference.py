@@ -28,37 +28,6 @@ from densenet_jax import checkpointing, data, errors, models, validate
 IMAGE_SHAPE = (32, 32, 3)
 CheckpointError = checkpointing.CheckpointError
 
-# TFDS's label names (label.labels.txt of a prepared data dir), so that a
-# model can name its classes without the data set at hand.
-CIFAR10_CLASSES = (
-  "airplane automobile bird cat deer dog frog horse ship truck".split()
-)
-CIFAR100_CLASSES = """
-apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy
-bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee
-clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant
-flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower
-leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom
-oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate
-poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark
-shrew skunk skyscraper snail snake spider squirrel streetcar sunflower
-sweet_pepper table tank telephone television tiger tractor train trout tulip
-turtle wardrobe whale willow_tree wolf woman worm
-""".split()
-
-
-def class_names(dataset: str) -> list[str]:
-  """The label names of a data set in data.DATASETS, in label order."""
-  if dataset == "cifar10":
-    return list(CIFAR10_CLASSES)
-  if dataset == "cifar100":
-    return list(CIFAR100_CLASSES)
-  if dataset == "synthetic":
-    return [f"class{i}" for i in range(10)]
-  raise errors.UserError(
-    f"unknown dataset {dataset!r}; choose one of {', '.join(data.DATASETS)}"
-  )
-
 
 @dataclasses.dataclass(frozen=True)
 class Location:
@@ -216,13 +185,8 @@ def load(path, kind: str = "best") -> Model:
   (or of the checkpoint folder given) with the config saved beside it."""
   where = locate(path, kind)
   config = read_config(where.workdir)
-  names = class_names(config.dataset)
-  module = models.create_model(
-    config.model,
-    num_classes=len(names),
-    dtype=jnp.dtype(config.get("dtype", "float32")),
-    impl=config.get("impl", "fast"),
-  )
+  names = data.class_names(config.dataset)
+  module = models.from_config(config, len(names))
   what = (
     f"model {config.model!r} with {len(names)} classes "
     f"({config.dataset}), as {where.workdir / 'config.json'} says"

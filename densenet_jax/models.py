@@ -51,30 +51,18 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.Module):
-  """`num_layers` DenseLayers, each adding `growth_rate` channels; returns
-  the list of feature maps (input first) whose concatenation is the block's
-  output."""
+  """`num_layers` layers made by `layer` (a DenseLayer without its name),
+  each adding its channels; returns the list of feature maps (input first)
+  whose concatenation is the block's output."""
 
   num_layers: int
-  growth_rate: int
-  bottleneck_width: int
-  norm: Any
-  conv: Any = nn.Conv
-  dtype: Any = jnp.float32
+  layer: Callable[..., DenseLayer]
 
   @nn.compact
   def __call__(self, x):
     features = [x]
     for i in range(self.num_layers):
-      y = DenseLayer(
-        self.growth_rate,
-        self.bottleneck_width,
-        self.norm,
-        self.conv,
-        self.dtype,
-        name=f"layer{i}",
-      )(features)
-      features.append(y)
+      features.append(self.layer(name=f"layer{i}")(features))
     return features
 
 
@@ -179,16 +167,16 @@ class DenseNet(nn.Module):
     if self.stem_bn:
       x = norm(epsilon=STEM_BN_EPSILON, dtype=stem_dtype, name="stem_bn")(x)
     x = x.astype(self.dtype)
+    layer = functools.partial(
+      DenseLayer,
+      self.growth_rate,
+      self.bottleneck_width,
+      norm,
+      conv,
+      self.dtype,
+    )
     for b, num_layers in enumerate(self.blocks):
-      x = DenseBlock(
-        num_layers,
-        self.growth_rate,
-        self.bottleneck_width,
-        norm,
-        conv,
-        self.dtype,
-        name=f"block{b}",
-      )(x)
+      x = DenseBlock(num_layers, layer, name=f"block{b}")(x)
       if b < len(self.blocks) - 1 or self.transition_after_last:
         x = Transition(
           self.reduction, norm, conv, impl, self.dtype, name=f"transition{b}"
@@ -261,10 +249,41 @@ def create_model(preset: str, **overrides) -> DenseNet:
   return PRESETS[preset](**overrides)
 
 
+def from_config(config, num_classes: int, axis_name=None) -> DenseNet:
+  """The network of a run's config (its model, dtype and impl), for training
+  (with `axis_name`, the pmapped axis), inference and benchmarks alike."""
+  return _cached_model(
+    config.model,
+    num_classes,
+    config.get("dtype", "float32"),
+    axis_name,
+    config.get("impl", "fast"),
+  )
+
+
+# Models are static parts of the TrainState, hence of the compiled steps'
+# cache keys: equal settings must give identical objects so that runs in one
+# process (tests, notebooks, resumes) reuse compilations.
+@functools.lru_cache(maxsize=None)
+def _cached_model(preset, num_classes, dtype, axis_name, impl) -> DenseNet:
+  return create_model(
+    preset,
+    num_classes=num_classes,
+    dtype=jnp.dtype(dtype),
+    bn_axis_name=axis_name,
+    impl=impl,
+  )
+
+
+def scale_inputs(images):
+  """uint8 pixels (N, H, W, C) -> the network's float32 inputs in [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
 def eval_logits(apply_fn, variables, images, tta_flip: bool = False):
-  """Inference logits of uint8 images (N, H, W, C), scaled by 1/255 as in
-  training; with `tta_flip`, the mean of the image's and its mirror's."""
-  images = images.astype(jnp.float32) / 255.0
+  """Inference logits of uint8 images (N, H, W, C), scaled as in training;
+  with `tta_flip`, the mean of the image's and its mirror's."""
+  images = scale_inputs(images)
   logits = apply_fn(variables, images, train=False)
   if tta_flip:
     logits = (logits + apply_fn(variables, images[:, :, ::-1], train=False)) / 2

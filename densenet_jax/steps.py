@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from densenet_jax import augment, data, models, optim
+from densenet_jax import augment, models, optim
 
 AXIS = "batch"  # the pmapped device axis
 
@@ -38,25 +38,6 @@ class StepOptions:
   @classmethod
   def from_config(cls, config) -> "StepOptions":
     return cls(config.label_smoothing, config.ema_decay, config.tta_flip)
-
-
-def create_model(config, num_classes: int, axis_name=None) -> models.DenseNet:
-  impl = config.get("impl", "fast")
-  return _cached_model(config.model, num_classes, config.dtype, axis_name, impl)
-
-
-# Models and optimizers are static parts of the TrainState, hence of the
-# compiled steps' cache keys: equal settings must give identical objects so
-# that runs in one process (tests, notebooks, resumes) reuse compilations.
-@functools.lru_cache(maxsize=None)
-def _cached_model(preset, num_classes, dtype, axis_name, impl):
-  return models.create_model(
-    preset,
-    num_classes=num_classes,
-    dtype=jnp.dtype(dtype),
-    bn_axis_name=axis_name,
-    impl=impl,
-  )
 
 
 def create_train_state(
@@ -103,7 +84,7 @@ def train_step(
   options: StepOptions = StepOptions(),
 ):
   """One optimisation step on a device's shard; collectives over AXIS."""
-  images = batch["image"].astype(jnp.float32) / 255.0
+  images = models.scale_inputs(batch["image"])
   if augment_config is not None:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images = augment.augment_batch(key, images, augment_config, batch["index"])
@@ -142,19 +123,35 @@ def eval_variables(state: TrainState) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def eval_sums(
+  apply_fn, variables, batch: dict, tta_flip: bool = False, num_classes=None
+) -> dict:
+  """Mask-weighted sums of one batch (loss, correct, count), so that a padded
+  batch counts each example once; with `num_classes`, also the confusion
+  matrix (rows: true class, columns: predicted class)."""
+  logits = models.eval_logits(apply_fn, variables, batch["image"], tta_flip)
+  labels, mask = batch["label"], batch["mask"]
+  predicted = jnp.argmax(logits, -1)
+  sums = {
+    "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+    "correct": jnp.sum((predicted == labels) * mask),
+    "count": jnp.sum(mask),
+  }
+  if num_classes is not None:
+    true_1hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
+    pred_1hot = jax.nn.one_hot(predicted, num_classes, dtype=jnp.int32)
+    weighted = true_1hot * mask.astype(jnp.int32)[:, None]
+    sums["confusion"] = weighted.T @ pred_1hot
+  return sums
+
+
 def eval_step(
   state: TrainState, batch: dict, options: StepOptions = StepOptions()
 ) -> dict:
-  """Mask-weighted sums over a device's shard, summed over AXIS."""
-  logits = models.eval_logits(
-    state.apply_fn, eval_variables(state), batch["image"], options.tta_flip
+  """eval_sums of a device's shard, summed over AXIS."""
+  sums = eval_sums(
+    state.apply_fn, eval_variables(state), batch, options.tta_flip
   )
-  mask = batch["mask"]
-  sums = {
-    "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-    "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-    "count": jnp.sum(mask),
-  }
   return jax.lax.psum(sums, AXIS)
 
 
@@ -181,22 +178,3 @@ def make_steps_for(config):
     else None
   )
   return make_steps(augment_config, StepOptions.from_config(config))
-
-
-def evaluate(p_eval, state, split: data.Split, batch_size: int) -> dict:
-  """Loss and accuracy over every example of `split`, each counted once.
-
-  `batch_size` is global: each process feeds its rows of every batch to its
-  devices, and the step's psum adds up all processes' sums."""
-  totals = None
-  for batch in data.eval_batches(
-    split, batch_size, jax.process_index(), jax.process_count()
-  ):
-    sums = p_eval(state, data.shard(batch, jax.local_device_count()))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(jax.tree.map(lambda x: x[0], totals))
-  return {
-    "loss": float(totals["loss"] / totals["count"]),
-    "accuracy": float(totals["correct"] / totals["count"]),
-    "count": int(totals["count"]),
-  }

@@ -7,8 +7,8 @@ at the next step boundary, saves the state mid-epoch and exits; running the
 same command again continues from that step with identical results.
 """
 
-import argparse
 import contextlib
+import dataclasses
 import json
 import pathlib
 import signal
@@ -24,16 +24,17 @@ from tqdm.auto import tqdm
 
 from densenet_jax import (
   checkpointing,
+  cli,
   configs,
   data,
   distributed,
   errors,
+  evaluate,
   models,
   reporting,
   steps,
   validate,
   workdir_lock,
-  xla_flags,
 )
 
 
@@ -41,21 +42,7 @@ class Interrupted(Exception):
   """Training stopped by a signal after saving the latest state."""
 
 
-class ConfigError(errors.UserError):
-  """A configuration that cannot run, with the value that is wrong."""
-
-
-def check_batch_sizes(config, num_devices: int) -> None:
-  """Global batch sizes must be positive and split evenly over all devices."""
-  for name in ("batch_size", "eval_batch_size"):
-    value = config[name]
-    if not isinstance(value, int) or value <= 0:
-      raise ConfigError(f"{name}={value!r} must be a positive integer")
-    if value % num_devices:
-      raise ConfigError(
-        f"{name}={value} does not divide over {num_devices} devices; "
-        f"use a multiple of {num_devices}"
-      )
+ConfigError = errors.ConfigError
 
 
 @contextlib.contextmanager
@@ -117,15 +104,24 @@ class _Stopper:
     return distributed.any_process(self.flag["stop"] is not None)
 
 
-def _new_meta() -> dict:
-  return {
-    "history": [],  # one metrics row per finished epoch
-    "partial": None,  # metric sums of an epoch interrupted midway
-    "best_val_loss": None,
-    "best_train_loss": None,
-    "wait": 0,  # epochs since the training loss last improved
-    "stopped_early": False,
-  }
+@dataclasses.dataclass
+class RunRecord:
+  """What a checkpoint stores beside the train state, as JSON: the finished
+  epochs and what a resumed run needs to continue exactly."""
+
+  history: list = dataclasses.field(default_factory=list)  # a row per epoch
+  partial: dict | None = None  # metric sums of an epoch interrupted midway
+  best_val_loss: float | None = None
+  best_train_loss: float | None = None
+  wait: int = 0  # epochs since the training loss last improved
+  stopped_early: bool = False
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, meta: dict) -> "RunRecord":
+    return cls(**meta)
 
 
 def train_and_evaluate(
@@ -141,7 +137,7 @@ def train_and_evaluate(
   workdir = pathlib.Path(workdir)
   validate.config(config, check_sizes=dataset is None)
   check_workdir(workdir)
-  check_batch_sizes(config, jax.device_count())
+  data.check_batch_sizes(config, jax.device_count())
   _check_workdir_config(workdir, config)
   lock = (
     workdir_lock.hold(workdir)
@@ -157,120 +153,161 @@ def train_and_evaluate(
         config.train_size,
         progress=distributed.is_main_process(),
       )
-    spe = config.steps_per_epoch or data.steps_per_epoch(
+    steps_per_epoch = config.steps_per_epoch or data.steps_per_epoch(
       len(dataset.splits["train"]), config.batch_size
     )
-    if spe <= 0:
+    if steps_per_epoch <= 0:
       raise ConfigError(
         f"batch_size={config.batch_size} is larger than the "
         f"{len(dataset.splits['train'])} training images"
       )
     _write_config(workdir, config)
-    return _train_and_evaluate(config, workdir, dataset, spe, started)
+    run = _Run(config, workdir, dataset, steps_per_epoch)
+    return run.train_and_test(started)
 
 
-def _train_and_evaluate(config, workdir, dataset, spe, started) -> dict:
-  train_split = dataset.splits["train"]
-  model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
-  state = steps.create_train_state(
-    config, model, train_split.images.shape[1:], spe
-  )
-  _log(models.summary(model, train_split.images.shape[1:]))
-  _log(
-    f"{jax.process_count()} process(es), {jax.device_count()} device(s) "
-    f"({jax.devices()[0].platform}); global batch {config.batch_size}"
-  )
+class _Run:
+  """One training run: its model, compiled steps, checkpoints and report."""
 
-  ckpt = checkpointing.Checkpoints(workdir)
-  meta = _new_meta()
-  restored = ckpt.restore("latest", state)
-  if restored:
-    state, meta = restored
-    _log(
-      f"resuming from step {int(state.step)} "
-      f"({len(meta['history'])} epochs done)"
+  def __init__(self, config, workdir, dataset, steps_per_epoch):
+    self.config, self.dataset = config, dataset
+    self.steps_per_epoch = steps_per_epoch
+    image_shape = dataset.splits["train"].images.shape[1:]
+    model = models.from_config(
+      config, dataset.num_classes, axis_name=steps.AXIS
     )
-    started -= _elapsed_before(meta)
-  p_train, p_eval = steps.make_steps_for(config)
-  reporter = (
-    reporting.Reporter(workdir, title=f"{config.model} on {config.dataset}")
-    if distributed.is_main_process()
-    else None
-  )
-  rstate = flax.jax_utils.replicate(state)
-  _compile_then_wait(config, p_train, p_eval, rstate, dataset.splits, spe)
-  try:
-    with stop_on_signals() as flag:
-      stopper = _Stopper(flag, config.log_every_steps)
-      while len(meta["history"]) < config.num_epochs:
-        if meta["stopped_early"]:
-          break
-        rstate, stopped = _train_epoch(
-          config, p_train, rstate, train_split, spe, meta, stopper
+    self.state = steps.create_train_state(
+      config, model, image_shape, steps_per_epoch
+    )
+    _log(models.summary(model, image_shape))
+    _log(
+      f"{jax.process_count()} process(es), {jax.device_count()} device(s) "
+      f"({jax.devices()[0].platform}); global batch {config.batch_size}"
+    )
+    self.ckpt = checkpointing.Checkpoints(workdir)
+    self.p_train, self.p_eval = steps.make_steps_for(config)
+    self.reporter = (
+      reporting.Reporter(workdir, title=f"{config.model} on {config.dataset}")
+      if distributed.is_main_process()
+      else None
+    )
+
+  def train_and_test(self, started: float) -> dict:
+    """Resumes, trains the remaining epochs, scores the best state on test;
+    the checkpoints and the report are closed however it ends."""
+    record = RunRecord()
+    restored = self.ckpt.restore("latest", self.state)
+    if restored:
+      self.state, record = restored[0], RunRecord.from_json(restored[1])
+      _log(
+        f"resuming from step {int(self.state.step)} "
+        f"({len(record.history)} epochs done)"
+      )
+      started -= _elapsed_before(record)
+    try:
+      self.train(record, started)
+      self.ckpt.wait()
+      if record.stopped_early:
+        _log(
+          "early stopping: training loss did not improve for "
+          f"{self.config.early_stopping_patience} epochs"
         )
-        if stopped:
-          raise Interrupted(flag["stop"] or "a signal to another process")
-        state = jax.device_get(flax.jax_utils.unreplicate(rstate))
-        val = steps.evaluate(
-          p_eval, rstate, dataset.splits["validation"], config.eval_batch_size
-        )
-        extra = {}
-        if config.test_every_epoch:
-          test = steps.evaluate(
-            p_eval, rstate, dataset.splits["test"], config.eval_batch_size
+      result = self.test_best(record)
+      if self.reporter:
+        self.reporter.write_json("test_result.json", result)
+      return result
+    finally:
+      self.ckpt.wait()
+      self.ckpt.close()
+      if self.reporter:
+        self.reporter.close()
+
+  def train(self, record: RunRecord, started: float) -> None:
+    """The epochs still to run; on a signal, saves the latest state and
+    raises Interrupted."""
+    config, splits = self.config, self.dataset.splits
+    replicated = flax.jax_utils.replicate(self.state)
+    _compile_then_wait(
+      config,
+      self.p_train,
+      self.p_eval,
+      replicated,
+      splits,
+      self.steps_per_epoch,
+    )
+    try:
+      with stop_on_signals() as flag:
+        stopper = _Stopper(flag, config.log_every_steps)
+        while len(record.history) < config.num_epochs:
+          if record.stopped_early:
+            break
+          replicated, stopped = _train_epoch(
+            config,
+            self.p_train,
+            replicated,
+            splits["train"],
+            self.steps_per_epoch,
+            record,
+            stopper,
           )
-          extra = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
-        extra["wall_time_s"] = time.perf_counter() - started
-        _end_epoch(config, state, val, meta, ckpt, reporter, extra)
-        distributed.barrier(f"epoch_{len(meta['history'])}")  # after plots
-        if stopper(int(state.step), force=True):
-          raise Interrupted(flag["stop"] or "a signal to another process")
-  except Interrupted as stop:
-    state = jax.device_get(flax.jax_utils.unreplicate(rstate))
-    ckpt.save("latest", state, meta)
-    ckpt.wait()
-    ckpt.close()
-    if reporter:
-      reporter.close()
-    raise Interrupted(
-      f"{stop} received: saved step {int(state.step)} to "
-      f"{ckpt.root / 'latest'}; run the same command to resume"
-    ) from None
-  ckpt.wait()
-  if meta["stopped_early"]:
-    _log(
-      "early stopping: training loss did not improve for "
-      f"{config.early_stopping_patience} epochs"
+          if stopped:
+            raise Interrupted(flag["stop"] or "a signal to another process")
+          self.state = jax.device_get(flax.jax_utils.unreplicate(replicated))
+          self.end_epoch(record, replicated, started)
+          if stopper(int(self.state.step), force=True):
+            raise Interrupted(flag["stop"] or "a signal to another process")
+    except Interrupted as stop:
+      self.state = jax.device_get(flax.jax_utils.unreplicate(replicated))
+      self.ckpt.save("latest", self.state, record.to_json())
+      raise Interrupted(
+        f"{stop} received: saved step {int(self.state.step)} to "
+        f"{self.ckpt.root / 'latest'}; run the same command to resume"
+      ) from None
+
+  def end_epoch(self, record: RunRecord, replicated, started: float) -> None:
+    """Validation (and test, if asked) of the epoch's state, then its row,
+    early stopping and checkpoints."""
+    config, splits = self.config, self.dataset.splits
+    val = evaluate.evaluate_state(
+      self.p_eval, replicated, splits["validation"], config.eval_batch_size
     )
-  best = ckpt.restore("best", state)
-  if best:
-    state = best[0]
-  test = steps.evaluate(
-    p_eval,
-    flax.jax_utils.replicate(state),
-    dataset.splits["test"],
-    config.eval_batch_size,
-  )
-  result = {
-    "test_loss": test["loss"],
-    "test_accuracy": test["accuracy"],
-    "test_examples": test["count"],
-    "checkpoint_step": int(state.step),
-    "epochs": len(meta["history"]),
-    "stopped_early": meta["stopped_early"],
-  }
-  ckpt.close()
-  if reporter:
-    reporter.write_json("test_result.json", result)
-    reporter.close()
-  _log(
-    f"test: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} "
-    f"({test['count']} images, checkpoint of step {int(state.step)})"
-  )
-  return result
+    extra = {}
+    if config.test_every_epoch:
+      test = evaluate.evaluate_state(
+        self.p_eval, replicated, splits["test"], config.eval_batch_size
+      )
+      extra = {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+    extra["wall_time_s"] = time.perf_counter() - started
+    _end_epoch(config, self.state, val, record, self.ckpt, self.reporter, extra)
+    distributed.barrier(f"epoch_{len(record.history)}")  # after plots
+
+  def test_best(self, record: RunRecord) -> dict:
+    """The test scores of the best checkpoint (else of the last state)."""
+    best = self.ckpt.restore("best", self.state)
+    state = best[0] if best else self.state
+    test = evaluate.evaluate_state(
+      self.p_eval,
+      flax.jax_utils.replicate(state),
+      self.dataset.splits["test"],
+      self.config.eval_batch_size,
+    )
+    _log(
+      f"test: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} "
+      f"({test['count']} images, checkpoint of step {int(state.step)})"
+    )
+    return {
+      "test_loss": test["loss"],
+      "test_accuracy": test["accuracy"],
+      "test_examples": test["count"],
+      "checkpoint_step": int(state.step),
+      "epochs": len(record.history),
+      "stopped_early": record.stopped_early,
+    }
 
 
-def _compile_then_wait(config, p_train, p_eval, rstate, splits, spe) -> None:
+def _compile_then_wait(
+  config, p_train, p_eval, replicated, splits, steps_per_epoch
+) -> None:
   """With several processes: compiles the steps, then waits for the others.
 
   The first collective connects the processes, and that waits only 30 s
@@ -285,31 +322,40 @@ def _compile_then_wait(config, p_train, p_eval, rstate, splits, spe) -> None:
   )
   batch = next(
     data.train_batches(
-      splits["train"], config.batch_size, config.seed, 0, 0, spe, index, count
+      splits["train"],
+      config.batch_size,
+      config.seed,
+      0,
+      0,
+      steps_per_epoch,
+      index,
+      count,
     )
   )
-  p_train.lower(rstate, data.shard(batch, n)).compile()
+  p_train.lower(replicated, data.shard(batch, n)).compile()
   batch = next(
     data.eval_batches(
       splits["validation"], config.eval_batch_size, index, count
     )
   )
-  p_eval.lower(rstate, data.shard(batch, n)).compile()
+  p_eval.lower(replicated, data.shard(batch, n)).compile()
   distributed.barrier("compiled")
 
 
-def _train_epoch(config, p_train, rstate, split, spe, meta, stopper):
+def _train_epoch(
+  config, p_train, replicated, split, steps_per_epoch, record, stopper
+):
   """Runs the rest of the current epoch (all of it unless resumed midway),
-  keeping the metric sums in meta["partial"]; returns (state, stopped)."""
-  epoch = len(meta["history"])
-  step = int(rstate.step[0])
-  offset = step - epoch * spe
-  partial = meta["partial"] or {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+  keeping the metric sums in record.partial; returns (state, stopped)."""
+  epoch = len(record.history)
+  step = int(replicated.step[0])
+  offset = step - epoch * steps_per_epoch
+  partial = record.partial or {"loss": 0.0, "accuracy": 0.0, "steps": 0}
   sums = {k: jnp.asarray(partial[k]) for k in ("loss", "accuracy")}
   done = partial["steps"]
   start = time.perf_counter() - partial.get("seconds", 0.0)
   bar = tqdm(
-    total=spe,
+    total=steps_per_epoch,
     initial=offset,
     desc=f"epoch {epoch + 1}/{config.num_epochs}",
     unit="step",
@@ -322,19 +368,19 @@ def _train_epoch(config, p_train, rstate, split, spe, meta, stopper):
     config.seed,
     epoch,
     offset,
-    spe,
+    steps_per_epoch,
     jax.process_index(),
     jax.process_count(),
   )
   stopped = False
   for batch in batches:
-    rstate, metrics = p_train(
-      rstate, data.shard(batch, jax.local_device_count())
+    replicated, metrics = p_train(
+      replicated, data.shard(batch, jax.local_device_count())
     )
     sums = jax.tree.map(lambda s, m: s + m[0], sums, metrics)
     step, done = step + 1, done + 1
     bar.update(1)
-    if done % config.log_every_steps == 0 or done + offset == spe:
+    if done % config.log_every_steps == 0 or done + offset == steps_per_epoch:
       means = {k: float(v) / done for k, v in sums.items()}
       if not np.isfinite(means["loss"]):
         raise FloatingPointError(
@@ -344,23 +390,23 @@ def _train_epoch(config, p_train, rstate, split, spe, meta, stopper):
       bar.set_postfix(
         loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.4f}"
       )
-    if step % spe and stopper(step):
+    if step % steps_per_epoch and stopper(step):
       stopped = True
       break
   bar.close()
-  meta["partial"] = {
+  record.partial = {
     "loss": float(sums["loss"]),
     "accuracy": float(sums["accuracy"]),
     "steps": done,
     "seconds": time.perf_counter() - start,
   }
-  return rstate, stopped
+  return replicated, stopped
 
 
-def _end_epoch(config, state, val, meta, ckpt, reporter, extra) -> None:
+def _end_epoch(config, state, val, record, ckpt, reporter, extra) -> None:
   """Records the epoch (with `extra` columns: wall time since the start,
   test scores), applies early stopping, saves best and latest."""
-  partial, history = meta["partial"], meta["history"]
+  partial, history = record.partial, record.history
   row = {
     "epoch": len(history) + 1,
     "loss": partial["loss"] / partial["steps"],
@@ -372,7 +418,7 @@ def _end_epoch(config, state, val, meta, ckpt, reporter, extra) -> None:
     **extra,
   }
   history.append(row)
-  meta["partial"] = None
+  record.partial = None
   test = ""
   if "test_accuracy" in row:
     test = f" test_accuracy {row['test_accuracy']:.4f}"
@@ -382,35 +428,35 @@ def _end_epoch(config, state, val, meta, ckpt, reporter, extra) -> None:
     f"val_accuracy {row['val_accuracy']:.4f}{test} "
     f"({row['epoch_time_s']:.1f} s, {row['wall_time_s']:.0f} s in all)"
   )
-  _early_stopping(meta, row["loss"], config.early_stopping_patience)
-  if meta["best_val_loss"] is None or val["loss"] < meta["best_val_loss"]:
-    meta["best_val_loss"] = val["loss"]
-    ckpt.save("best", state, meta)
+  _early_stopping(record, row["loss"], config.early_stopping_patience)
+  if record.best_val_loss is None or val["loss"] < record.best_val_loss:
+    record.best_val_loss = val["loss"]
+    ckpt.save("best", state, record.to_json())
     _log(f"  val_loss improved: saved the best checkpoint (step {state.step})")
-  ckpt.save("latest", state, meta)
+  ckpt.save("latest", state, record.to_json())
   if reporter:
     reporter.epoch_end(history)
 
 
-def _elapsed_before(meta: dict) -> float:
+def _elapsed_before(record: RunRecord) -> float:
   """Seconds a resumed run had already run (time while stopped left out)."""
-  history, partial = meta["history"], meta["partial"] or {}
+  history, partial = record.history, record.partial or {}
   done = history[-1].get("wall_time_s", 0.0) if history else 0.0
   return done + partial.get("seconds", 0.0)
 
 
-def _early_stopping(meta: dict, loss: float, patience: int) -> None:
+def _early_stopping(record: RunRecord, loss: float, patience: int) -> None:
   """Keras EarlyStopping(monitor='loss', patience): stop after `patience`
   epochs in a row without a lower training loss."""
-  if meta["best_train_loss"] is None or loss < meta["best_train_loss"]:
-    meta["best_train_loss"], meta["wait"] = loss, 0
+  if record.best_train_loss is None or loss < record.best_train_loss:
+    record.best_train_loss, record.wait = loss, 0
   else:
-    meta["wait"] += 1
-    meta["stopped_early"] = bool(patience) and meta["wait"] >= patience
+    record.wait += 1
+    record.stopped_early = bool(patience) and record.wait >= patience
 
 
 def parse_config(argv=None):
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
     prog="python -m densenet_jax.train",
     description="Train a DenseNet on CIFAR (resumes from --workdir).",
   )
@@ -478,17 +524,21 @@ def check_workdir(workdir) -> None:
 
 
 def main(argv=None):
-  xla_flags.apply_defaults()  # before JAX starts its backend
+  """The command; user errors exit non-zero with one line."""
+  return cli.run(_main, argv)
+
+
+def _main(argv):
+  args, config = parse_config(argv)
+  distributed.initialize(
+    args.coordinator_address, args.num_processes, args.process_id
+  )
   try:
-    args, config = parse_config(argv)
-    distributed.initialize(
-      args.coordinator_address, args.num_processes, args.process_id
-    )
-    train_and_evaluate(config, args.workdir)
+    return train_and_evaluate(config, args.workdir)
   except Interrupted as stop:
     sys.exit(f"interrupted: {stop}")
-  except (errors.UserError, FloatingPointError) as err:
-    sys.exit(f"error: {err}")
+  except FloatingPointError as err:
+    raise errors.UserError(str(err)) from None
 
 
 if __name__ == "__main__":

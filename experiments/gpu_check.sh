@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check of issue 5 as one command that fits 10 minutes on one H100:
+# The GPU check as one command that fits 10 minutes on one H100:
 # train-step and eval throughput of the reference network (python -m
 # densenet_jax.benchmark: synthetic batches resident on the device) in
 # float32 and bfloat16 at batch 128, 256 and 512, then one full training
 # epoch of the reference recipe (351 steps of batch 128 with the Keras
 # augmentation, then validation, on real CIFAR-10), whose epoch time
-# metrics.csv records. Results in experiments/results/gpu_check/:
+# metrics.csv records. Results in $RESULTS_DIR/gpu_check/ (default
+# experiments/results/gpu_check/):
 # bench_<dtype>_<batch>.json, the epoch's record (record_run.py) and
 # summary.md, the table of it all.
 #
@@ -14,13 +15,16 @@
 # --quick    a CPU rehearsal (tiny preset, batches 16 and 32, one epoch of
 #            the small synthetic data set, results in /tmp/gpu_check_quick):
 #            checks the plumbing only.
-# --prepare  fills .gpu_carry/ here for the device machine (gpu_setup.sh).
+# --prepare  fills .gpu_bundle/ for a GPU machine without network
+#            (gpu_setup.sh).
 #
-# On the device machine, after --prepare here: the device tool's command
-# "PYTHONUNBUFFERED=1 bash experiments/gpu_check.sh" with carry
-# [".gpu_carry"] and timeout_s 600; the results are written to
-# $OUT/gpu_check/ there and come back: copy them into
-# experiments/results/gpu_check/ and commit.
+# On the GPU machine, in this checkout (with .gpu_bundle/ when it has no
+# network):
+#
+#   PYTHONUNBUFFERED=1 bash experiments/gpu_check.sh
+#
+# then commit experiments/results/gpu_check/ (or copy it there from the
+# RESULTS_DIR the run wrote to).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/gpu_setup.sh
@@ -41,9 +45,9 @@ if ((quick)); then
   train=(--dataset synthetic --model tiny --set val_size=64
     --set batch_size=32 --set eval_batch_size=50)
 else
-  # On the device machine straight into $OUT: what finished comes back
-  # even if the command runs out of time.
-  results=${OUT:-experiments/results}
+  # Each result is written as soon as it is measured: what finished is
+  # kept even if the command is stopped.
+  results=${RESULTS_DIR:-experiments/results}
   model=reference
   batches=(128 256 512)
   bench=(--steps 20 --repeats 3)

@@ -78,7 +78,6 @@ def history(workdir: pathlib.Path) -> list[dict]:
   path = workdir / "metrics.csv"
   if not path.exists():
     return []
-  sys.path.insert(0, str(ROOT))
   from densenet_jax import reporting
 
   return reporting.read_metrics_csv(path)

@@ -16,7 +16,7 @@ def synthetic_dataset(train=128, val=64, test=100, num_classes=10):
       "validation": data.synthetic_split(val, num_classes, seed=1),
       "test": data.synthetic_split(test, num_classes, seed=2),
     },
-    [f"class{i}" for i in range(num_classes)],
+    data.numbered_class_names(num_classes),
   )
 
 
@@ -46,7 +46,6 @@ def trained_workdir(tmp_path_factory):
 def tree_digest(path) -> dict:
   """Every file and folder under `path` with a hash of its bytes."""
   import hashlib
-  import pathlib
 
   root = pathlib.Path(path)
   return {

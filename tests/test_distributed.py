@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from densenet_jax import checkpointing, configs, data, steps
+from densenet_jax import checkpointing, configs, data, models, steps
 
 # Adam divides by sqrt(v) + eps: with Keras' eps=1e-7 it turns the float
 # rounding noise of near-zero gradients (summed in another order on another
@@ -90,7 +90,7 @@ def final_state(workdir):
   dataset = data.load(
     "synthetic", val_size=config.val_size, train_size=config.train_size
   )
-  model = steps.create_model(config, dataset.num_classes, steps.AXIS)
+  model = models.from_config(config, dataset.num_classes, steps.AXIS)
   template = steps.create_train_state(config, model, (32, 32, 3))
   ckpt = checkpointing.Checkpoints(workdir, read_only=True)
   state, _ = ckpt.restore("latest", template)

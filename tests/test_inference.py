@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import densenet_jax
-from densenet_jax import data, errors, inference
+from densenet_jax import data, errors
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,12 @@ def test_load_changes_nothing_and_needs_a_workdir(
 
 
 def test_class_names():
-  assert inference.class_names("cifar10")[:3] == [
+  assert data.class_names("cifar10")[:3] == [
     "airplane",
     "automobile",
     "bird",
   ]
-  names = inference.class_names("cifar100")
+  names = data.class_names("cifar100")
   assert len(names) == 100 and names == sorted(names)
   with pytest.raises(errors.UserError, match="unknown dataset 'svhn'"):
-    inference.class_names("svhn")
+    data.class_names("svhn")

@@ -17,6 +17,7 @@ from densenet_jax import (
   configs,
   data,
   evaluate,
+  models,
   optim,
   steps,
   train,
@@ -48,7 +49,7 @@ def test_ema_decay_warms_up_then_holds():
 
 
 def tiny_state(config, dataset):
-  model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
+  model = models.from_config(config, dataset.num_classes, axis_name=steps.AXIS)
   return steps.create_train_state(config, model, (32, 32, 3))
 
 
@@ -62,7 +63,9 @@ def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
   state = state.replace(ema=ema)
   split = dataset.splits["test"]
   _, p_eval = steps.make_steps(None, steps.StepOptions(tta_flip=True))
-  result = steps.evaluate(p_eval, flax.jax_utils.replicate(state), split, 100)
+  result = evaluate.evaluate_state(
+    p_eval, flax.jax_utils.replicate(state), split, 100
+  )
   images = split.images / 255.0
   logits = (
     state.apply_fn(ema, images) + state.apply_fn(ema, images[:, :, ::-1])
@@ -93,8 +96,16 @@ def smoke_sized(config):
 @pytest.mark.parametrize("name", ["reference", "paper", "fast", "cpu_check"])
 def test_recipes_load_and_build_their_optimizers(name):
   config = configs.load(name)
-  optim.create_optimizer(config, 351)
-  steps.StepOptions.from_config(config)
+  params = models.create_model("tiny").init(
+    jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+  )["params"]
+  tx = optim.create_optimizer(config, 351)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+  assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
+  # The step settings are hashable: they key the compiled steps' cache.
+  assert steps.make_steps_for(config) == steps.make_steps_for(config)
 
 
 def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from densenet_jax import checkpointing, data, steps, train
+from densenet_jax import checkpointing, data, evaluate, models, steps, train
 
 
 def make_state(config, dataset):
-  model = steps.create_model(config, dataset.num_classes, axis_name=steps.AXIS)
+  model = models.from_config(config, dataset.num_classes, axis_name=steps.AXIS)
   return steps.create_train_state(config, model, (32, 32, 3))
 
 
@@ -35,7 +35,9 @@ def test_eval_counts_every_example_once_with_a_padded_batch(
   _, p_eval = steps.make_steps(None)
   state = make_state(smoke_config, dataset)
   split = dataset.splits["test"]  # 100 examples, batches of 48: 48+48+4
-  result = steps.evaluate(p_eval, flax.jax_utils.replicate(state), split, 48)
+  result = evaluate.evaluate_state(
+    p_eval, flax.jax_utils.replicate(state), split, 48
+  )
   logits = state.apply_fn(
     {"params": state.params, "batch_stats": state.batch_stats},
     split.images / 255.0,
@@ -52,24 +54,24 @@ def test_batch_sizes_the_devices_cannot_split_are_refused(smoke_config):
   with pytest.raises(
     train.ConfigError, match="batch_size=33 does not divide over 2 devices"
   ):
-    train.check_batch_sizes(smoke_config, 2)
+    data.check_batch_sizes(smoke_config, 2)
   smoke_config.batch_size = 0
   with pytest.raises(train.ConfigError, match="batch_size=0 must be"):
-    train.check_batch_sizes(smoke_config, 1)
+    data.check_batch_sizes(smoke_config, 1)
 
 
 def test_early_stopping_after_patience_epochs_without_improvement():
-  meta = {"best_train_loss": None, "wait": 0, "stopped_early": False}
+  meta = train.RunRecord()
   losses = [2.0, 1.5, 1.6, 1.5, 1.7, 1.55]  # best 1.5 at epoch 2
   stopped = []
   for loss in losses:
     train._early_stopping(meta, loss, patience=4)
-    stopped.append(meta["stopped_early"])
+    stopped.append(meta.stopped_early)
   assert stopped == [False] * 5 + [True]
-  meta = {"best_train_loss": None, "wait": 0, "stopped_early": False}
+  meta = train.RunRecord()
   for loss in [2.0, 2.1, 2.2, 1.9, 2.0, 2.0, 2.0]:
     train._early_stopping(meta, loss, patience=4)
-  assert not meta["stopped_early"]  # 1.9 reset the count
+  assert not meta.stopped_early  # 1.9 reset the count
 
 
 def test_training_stops_early_end_to_end(
@@ -91,7 +93,7 @@ def test_best_checkpoint_only_when_validation_loss_improves(
 ):
   smoke_config.num_epochs = 4
   val_losses = iter([2.0, 2.5, 1.5, 1.7])
-  real_evaluate = steps.evaluate
+  real_evaluate = evaluate.evaluate_state
 
   def scripted(p_eval, state, split, batch_size):
     result = real_evaluate(p_eval, state, split, batch_size)
@@ -106,7 +108,7 @@ def test_best_checkpoint_only_when_validation_loss_improves(
     saves.append((kind, int(state.step)))
     return real_save(self, kind, state, meta)
 
-  monkeypatch.setattr(steps, "evaluate", scripted)
+  monkeypatch.setattr(evaluate, "evaluate_state", scripted)
   monkeypatch.setattr(checkpointing.Checkpoints, "save", spy)
   result = train.train_and_evaluate(smoke_config, tmp_path, dataset)
   assert [s for k, s in saves if k == "best"] == [4, 12]  # epochs 1 and 3

@@ -9,9 +9,9 @@ from densenet_jax import (
   data,
   errors,
   evaluate,
+  models,
   predict,
   show,
-  steps,
   summary,
   train,
   validate,
@@ -28,7 +28,7 @@ def no_work(monkeypatch):
   for module, name in (
     (data, "load"),
     (data, "ensure_prepared"),
-    (steps, "create_model"),
+    (models, "from_config"),
   ):
     monkeypatch.setattr(module, name, refuse)
 

@@ -10,12 +10,8 @@ decoupled weight decay 5e-3 on kernels, label smoothing 0.1, flips only,
 flip test-time augmentation; the test set is scored after every epoch, for
 the curve of test accuracy against wall time (curves.png, third panel).
 
-Result (experiments/results/cpu_check/, commit da8e428, 2-core Intel Xeon,
-1-minute load average 2.1, the run got 1.89 cores): test accuracy 80.95%
-(validation 82.70%, train 81.50%, the running mean over the last epoch's
-augmented batches) after 10.3 minutes in all, data loading and compilation
-included; the test accuracy was 23.9%, 51.7%, 70.7%, 63.0% and 81.0% at
-2.6, 4.5, 6.3, 8.1 and 10.0 minutes.
+Results, with the commit and the machine that produced them: the README's
+results table and experiments/results/cpu_check/.
 """
 
 from densenet_jax.configs import default
