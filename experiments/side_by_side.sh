@@ -25,3 +25,4 @@ for seed in $seeds; do
     python -m densenet_jax.train --config reference --epochs "$epochs" \
     --seed "$seed" --workdir "$runs/jax_seed$seed"
 done
+python experiments/side_by_side_table.py "$results"
