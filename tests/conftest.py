@@ -7,6 +7,17 @@ import pytest
 from densenet_jax import configs, data
 
 
+def load_experiment(name: str):
+  """experiments/NAME.py as a module (experiments/ is no package)."""
+  import importlib.util
+
+  path = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+  spec = importlib.util.spec_from_file_location(name, path / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def synthetic_dataset(train=128, val=64, test=100, num_classes=10):
   """Tiny learnable data in CIFAR's shapes (see data.synthetic_split)."""
   return data.Dataset(

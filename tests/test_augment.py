@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_experiment
 
 from densenet_jax import augment
 
@@ -30,14 +31,7 @@ def params():
 def generator():
   """The tutorial's ImageDataGenerator, as experiments/keras_tutorial.py
   makes it."""
-  import importlib.util
-  import pathlib
-
-  path = pathlib.Path(__file__).parents[1] / "experiments" / "keras_tutorial.py"
-  spec = importlib.util.spec_from_file_location("keras_tutorial", path)
-  tutorial = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tutorial)
-  return tutorial.image_data_generator()
+  return load_experiment("keras_tutorial").image_data_generator()
 
 
 def cifar_like_image(seed=0):

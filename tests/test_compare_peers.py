@@ -1,22 +1,15 @@
 """experiments/compare_peers.py: runs every implementation, interleaved, and
 reports medians and ratios (peers faked: no timed assertions)."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import load_experiment
 
 
 @pytest.fixture(scope="module")
 def compare_peers():
-  path = ROOT / "experiments" / "compare_peers.py"
-  spec = importlib.util.spec_from_file_location("compare_peers", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment("compare_peers")
 
 
 FAKE_TORCH = """

@@ -3,15 +3,13 @@ the `reference` preset with the same weights, copied by import_keras: the
 same function in eval mode, the same loss and BatchNorm updates in training
 mode, close losses over 20 Adam steps, and the import_keras command."""
 
-import importlib.util
-import pathlib
-
 import flax.jax_utils
 import h5py
 import jax
 import numpy as np
 import pytest
 import tf_keras as keras
+from conftest import load_experiment
 
 import densenet_jax
 from densenet_jax import (
@@ -24,18 +22,13 @@ from densenet_jax import (
   summary,
 )
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_PARAMETERS = 1_359_842
 STEPS, BATCH = 20, 16
 
 
 @pytest.fixture(scope="module")
 def tutorial():
-  path = ROOT / "experiments" / "keras_tutorial.py"
-  spec = importlib.util.spec_from_file_location("keras_tutorial", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment("keras_tutorial")
 
 
 def _randomize(model, seed: int = 0) -> None:
