@@ -22,6 +22,13 @@ def test_densenet_bc_100_k12_parameter_count():
   assert param_count(models.create_model("densenet_bc_100_k12")) == 769_162
 
 
+@pytest.mark.parametrize(
+  "preset, count", [("cpu_small", 234_242), ("cpu_medium", 420_458)]
+)
+def test_cpu_presets_parameter_counts(preset, count):
+  assert param_count(models.create_model(preset)) == count
+
+
 def test_reference_shapes_and_channel_counts():
   model = models.create_model("reference")
   x = jnp.ones((2, 32, 32, 3))

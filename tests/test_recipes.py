@@ -93,7 +93,9 @@ def smoke_sized(config):
   return config
 
 
-@pytest.mark.parametrize("name", ["reference", "paper", "fast", "cpu_check"])
+@pytest.mark.parametrize(
+  "name", ["reference", "paper", "fast", "cpu_check", "cpu90"]
+)
 def test_recipes_load_and_build_their_optimizers(name):
   config = configs.load(name)
   params = models.create_model("tiny").init(

@@ -102,7 +102,15 @@ def test_the_library_entry_point_checks_too(smoke_config, dataset, tmp_path):
 def test_every_builtin_config_is_valid():
   from densenet_jax import configs
 
-  for name in ("default", "reference", "paper", "fast", "cpu_check", "smoke"):
+  for name in (
+    "default",
+    "reference",
+    "paper",
+    "fast",
+    "cpu_check",
+    "cpu90",
+    "smoke",
+  ):
     validate.config(configs.load(name))
 
 
