@@ -41,45 +41,35 @@ Each image's randomness comes from its own key, so a batch is augmented the
 same way however it is split over devices.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+# ImageDataGenerator's arguments, in its units (degrees, fractions); all 0
+# leaves out the affine resampling.
+AFFINE_FIELDS = (
+  "rotation_range_deg",
+  "width_shift_range",
+  "height_shift_range",
+  "shear_range_deg",
+  "zoom_range",
+)
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-  """ImageDataGenerator's arguments, in its units (degrees, fractions)."""
-
-  rotation_range_deg: float = 40.0
-  width_shift_range: float = 0.2
-  height_shift_range: float = 0.2
-  shear_range_deg: float = 0.2
-  zoom_range: float = 0.2
-  horizontal_flip: bool = True
-  crop_padding_px: int = 0
-  cutout_size_px: int = 0
-
-  @classmethod
-  def from_config(cls, config) -> "AugmentConfig":
-    return cls(
-      **{f.name: config.get(f.name, f.default) for f in dataclasses.fields(cls)}
-    )
-
-  @property
-  def has_affine(self) -> bool:
-    return any(
-      (
-        self.rotation_range_deg,
-        self.width_shift_range,
-        self.height_shift_range,
-        self.shear_range_deg,
-        self.zoom_range,
-      )
-    )
+def settings(section) -> ml_collections.FrozenConfigDict:
+  """A config's `augment` section, frozen: hashable, for the compiled steps'
+  cache key. A section written before crops and cutout existed gets them
+  off (0)."""
+  return ml_collections.FrozenConfigDict(
+    {"crop_padding_px": 0, "cutout_size_px": 0} | dict(section)
+  )
 
 
-def random_transform(key, config: AugmentConfig, height: int, width: int):
+def has_affine(config) -> bool:
+  return any(config[name] for name in AFFINE_FIELDS)
+
+
+def random_transform(key, config, height: int, width: int):
   """Draws one image's parameters, as Keras' `get_random_transform` does."""
   keys = jax.random.split(key, 6)
 
@@ -178,12 +168,12 @@ def cutout(key, image, size: int):
   return jnp.where(inside[..., None], jnp.zeros_like(image), image)
 
 
-def augment_image(key, image, config: AugmentConfig):
+def augment_image(key, image, config):
   """One random transform of one float (H, W, C) image: ImageDataGenerator's,
   then crop, flip and cutout as configured."""
   height, width = image.shape[:2]
   p = random_transform(key, config, height, width)
-  if config.has_affine:
+  if has_affine(config):
     matrix = affine_matrix(
       p["theta"], p["tx"], p["ty"], p["shear"], p["zx"], p["zy"], height, width
     )
@@ -197,7 +187,7 @@ def augment_image(key, image, config: AugmentConfig):
   return image
 
 
-def augment_batch(key, images, config: AugmentConfig, indices=None):
+def augment_batch(key, images, config, indices=None):
   """Augments (N, H, W, C) images; image i uses fold_in(key, indices[i])."""
   if indices is None:
     indices = jnp.arange(images.shape[0])

@@ -168,9 +168,7 @@ def run(args) -> dict:
   state = steps.create_train_state(config, model, split.images.shape[1:])
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   augment_config = (
-    augment.AugmentConfig.from_config(config.augment)
-    if args.mode == "pipeline"
-    else None
+    augment.settings(config.augment) if args.mode == "pipeline" else None
   )
   result = {
     "model": config.model,

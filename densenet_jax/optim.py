@@ -24,12 +24,12 @@ Schedules (`lr_schedule`), each after `warmup_epochs` of linear warm-up from
   warm-up, the triangular one-cycle of fast CIFAR trainers).
 """
 
-import dataclasses
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from densenet_jax import errors
@@ -58,7 +58,6 @@ def learning_rate_schedule(config, steps_per_epoch: int):
   if kind == "constant" and not warmup:
     return peak  # a plain number keeps the reference's optimizer state
   rest = max(total - warmup, 1)
-  end = peak * config.final_lr_fraction
   if kind == "constant":
     main = optax.constant_schedule(peak)
   elif kind == "step":
@@ -71,9 +70,11 @@ def learning_rate_schedule(config, steps_per_epoch: int):
       },
     )
   elif kind == "cosine":
-    main = optax.cosine_decay_schedule(peak, rest, alpha=end / peak)
+    main = optax.cosine_decay_schedule(
+      peak, rest, alpha=config.final_lr_fraction
+    )
   else:
-    main = optax.linear_schedule(peak, end, rest)
+    main = optax.linear_schedule(peak, peak * config.final_lr_fraction, rest)
   if not warmup:
     return main
   return optax.join_schedules(
@@ -137,86 +138,69 @@ def sgd(
   return optax.chain(*step, optax.scale_by_learning_rate(learning_rate))
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-  """The config fields an optimizer depends on, hashable: equal settings
-  give the identical optimizer object (see create_optimizer)."""
-
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
-  lr_schedule: str = "constant"
-  warmup_epochs: float = 0.0
-  lr_step_fractions: tuple = (0.5, 0.75)
-  lr_step_factor: float = 0.1
-  final_lr_fraction: float = 0.0
-  num_epochs: int = 1
-  adam_b1: float = 0.9
-  adam_b2: float = 0.999
-  adam_eps: float = 1e-7
-  momentum: float = 0.9
-  nesterov: bool = True
-  weight_decay: float = 0.0
-  weight_decay_mode: str = "l2"
-  weight_decay_kernels_only: bool = True
-
-  @classmethod
-  def from_config(cls, config) -> "OptimizerConfig":
-    values = {f.name: config[f.name] for f in dataclasses.fields(cls)}
-    values["lr_step_fractions"] = tuple(values["lr_step_fractions"])
-    return cls(**values)
+# The fields each optimizer and schedule reads: with the step count, the
+# cache key of create_optimizer.
+_OPTIMIZER_FIELDS = {
+  "adam": ("adam_b1", "adam_b2", "adam_eps"),
+  "sgd": (
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "weight_decay_mode",
+    "weight_decay_kernels_only",
+  ),
+}
+_SCHEDULE_FIELDS = {
+  "constant": (),
+  "step": ("lr_step_fractions", "lr_step_factor"),
+  "cosine": ("final_lr_fraction",),
+  "onecycle": ("final_lr_fraction",),
+}
 
 
 def create_optimizer(config, steps_per_epoch: int = 1):
   """The config's optimizer; `steps_per_epoch` sets the schedule's length
   (any value will do for a template that only restores a checkpoint)."""
-  settings = OptimizerConfig.from_config(config)
-  if settings.optimizer not in OPTIMIZERS:
+  if config.optimizer not in OPTIMIZERS:
     raise errors.UserError(
-      f"optimizer={settings.optimizer!r} is unknown; choose one of "
+      f"optimizer={config.optimizer!r} is unknown; choose one of "
       f"{', '.join(OPTIMIZERS)}"
     )
-  if settings.weight_decay_mode not in WEIGHT_DECAY_MODES:
+  if config.optimizer == "adam" and config.weight_decay:
     raise errors.UserError(
-      f"weight_decay_mode={settings.weight_decay_mode!r} is unknown; choose "
+      f"weight_decay={config.weight_decay} needs optimizer='sgd'"
+    )
+  if config.optimizer == "sgd" and (
+    config.weight_decay_mode not in WEIGHT_DECAY_MODES
+  ):
+    raise errors.UserError(
+      f"weight_decay_mode={config.weight_decay_mode!r} is unknown; choose "
       f"one of {', '.join(WEIGHT_DECAY_MODES)}"
     )
-  if settings.optimizer == "adam" and settings.weight_decay:
-    raise errors.UserError(
-      f"weight_decay={settings.weight_decay} needs optimizer='sgd'"
-    )
-  learning_rate_schedule(settings, steps_per_epoch)  # fails early if wrong
-  settings, steps_per_epoch = _relevant(settings, steps_per_epoch)
-  return _cached_optimizer(settings, steps_per_epoch)
+  learning_rate_schedule(config, steps_per_epoch)  # fails early if wrong
+  return _cached_optimizer(*_used_settings(config, steps_per_epoch))
 
 
-def _relevant(settings: OptimizerConfig, steps_per_epoch: int):
-  """Resets the fields this optimizer ignores to their defaults, so that,
-  say, two Adam runs of different lengths share one optimizer object."""
-  default = OptimizerConfig()
-  ignored = []
-  if settings.optimizer == "adam":
-    ignored += ["momentum", "nesterov", "weight_decay_mode"]
-    ignored += ["weight_decay_kernels_only"]
+def _used_settings(config, steps_per_epoch: int):
+  """The fields this optimizer and schedule read, frozen (hashable), and the
+  step count the schedule needs: runs that differ only elsewhere (say, two
+  Adam runs of different lengths) get the same key."""
+  names = ["optimizer", "learning_rate", "lr_schedule", "warmup_epochs"]
+  names += _OPTIMIZER_FIELDS[config.optimizer]
+  names += _SCHEDULE_FIELDS[config.lr_schedule]
+  settings = {name: config[name] for name in names}
+  if config.lr_schedule == "constant" and not config.warmup_epochs:
+    settings["num_epochs"], steps_per_epoch = 1, 1  # the length is unused
   else:
-    ignored += ["adam_b1", "adam_b2", "adam_eps"]
-  if settings.lr_schedule != "step":
-    ignored += ["lr_step_fractions", "lr_step_factor"]
-  if settings.lr_schedule in ("constant", "step"):
-    ignored += ["final_lr_fraction"]
-  if settings.lr_schedule == "constant" and not settings.warmup_epochs:
-    ignored += ["num_epochs"]
-    steps_per_epoch = 1
-  settings = dataclasses.replace(
-    settings, **{name: getattr(default, name) for name in ignored}
-  )
-  return settings, steps_per_epoch
+    settings["num_epochs"] = config.num_epochs
+  return ml_collections.FrozenConfigDict(settings), steps_per_epoch
 
 
 # Optimizers are static parts of the TrainState, hence of the compiled steps'
 # cache keys: equal settings must give the identical object, so that runs in
 # one process (tests, notebooks, resumes) reuse compilations.
 @functools.lru_cache(maxsize=None)
-def _cached_optimizer(settings: OptimizerConfig, steps_per_epoch: int):
+def _cached_optimizer(settings, steps_per_epoch: int):
   learning_rate = learning_rate_schedule(settings, steps_per_epoch)
   if settings.optimizer == "adam":
     return optax.inject_hyperparams(keras_adam)(

@@ -5,7 +5,6 @@ with collectives over the named device axis AXIS; make_steps pmaps them
 once per setting (cached, so that runs in one process share compilations).
 """
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -24,20 +23,6 @@ class TrainState(train_state.TrainState):
   rng: jax.Array  # raw uint32 key data: per-step keys are fold_in(rng, step)
   # {"params", "batch_stats"} averaged over steps, or None (no averaging).
   ema: Any = None
-
-
-@dataclasses.dataclass(frozen=True)
-class StepOptions:
-  """Static settings of the steps beyond augmentation (hashable: part of
-  make_steps' cache key)."""
-
-  label_smoothing: float = 0.0  # training loss only
-  ema_decay: float = 0.0  # used only when the state has `ema`
-  tta_flip: bool = False  # eval on the mean logits of image and mirror
-
-  @classmethod
-  def from_config(cls, config) -> "StepOptions":
-    return cls(config.label_smoothing, config.ema_decay, config.tta_flip)
 
 
 def create_train_state(
@@ -81,9 +66,12 @@ def train_step(
   state: TrainState,
   batch: dict,
   augment_config=None,
-  options: StepOptions = StepOptions(),
+  label_smoothing: float = 0.0,
+  ema_decay: float = 0.0,
 ):
-  """One optimisation step on a device's shard; collectives over AXIS."""
+  """One optimisation step on a device's shard; collectives over AXIS.
+  `augment_config`: augment.settings of the config, or None (no
+  augmentation); `ema_decay` is used only when the state has `ema`."""
   images = models.scale_inputs(batch["image"])
   if augment_config is not None:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -96,7 +84,7 @@ def train_step(
       train=True,
       mutable=["batch_stats"],
     )
-    loss = cross_entropy(logits, batch["label"], options.label_smoothing)
+    loss = cross_entropy(logits, batch["label"], label_smoothing)
     return loss.mean(), (logits, updates)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -106,7 +94,7 @@ def train_step(
   state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
   if state.ema is not None:
     ema = update_ema(
-      state.ema, state.params, state.batch_stats, state.step, options.ema_decay
+      state.ema, state.params, state.batch_stats, state.step, ema_decay
     )
     state = state.replace(ema=ema)
   metrics = {
@@ -145,36 +133,46 @@ def eval_sums(
   return sums
 
 
-def eval_step(
-  state: TrainState, batch: dict, options: StepOptions = StepOptions()
-) -> dict:
+def eval_step(state: TrainState, batch: dict, tta_flip: bool = False) -> dict:
   """eval_sums of a device's shard, summed over AXIS."""
-  sums = eval_sums(
-    state.apply_fn, eval_variables(state), batch, options.tta_flip
-  )
+  sums = eval_sums(state.apply_fn, eval_variables(state), batch, tta_flip)
   return jax.lax.psum(sums, AXIS)
 
 
+def make_steps_for(config):
+  """The pmapped train and eval steps of a config: its augmentation, label
+  smoothing, EMA decay and test-time flips."""
+  return make_steps(
+    augment.settings(config.augment) if config.augment.enabled else None,
+    config.label_smoothing,
+    config.ema_decay,
+    config.tta_flip,
+  )
+
+
+def make_steps(
+  augment_config=None,
+  label_smoothing: float = 0.0,
+  ema_decay: float = 0.0,
+  tta_flip: bool = False,
+):
+  """The pmapped train and eval steps; equal settings give the identical
+  functions, so that runs in one process (tests, notebooks, resumes) share
+  their compilations."""
+  return _cached_steps(augment_config, label_smoothing, ema_decay, tta_flip)
+
+
 @functools.lru_cache(maxsize=None)
-def make_steps(augment_config, options: StepOptions = StepOptions()):
-  """The pmapped train and eval steps; cached so that runs in one process
-  (tests, notebooks) share compiled functions."""
+def _cached_steps(augment_config, label_smoothing, ema_decay, tta_flip):
   p_train = jax.pmap(
     functools.partial(
-      train_step, augment_config=augment_config, options=options
+      train_step,
+      augment_config=augment_config,
+      label_smoothing=label_smoothing,
+      ema_decay=ema_decay,
     ),
     axis_name=AXIS,
     donate_argnums=(0,),
   )
-  p_eval = jax.pmap(functools.partial(eval_step, options=options), AXIS)
+  p_eval = jax.pmap(functools.partial(eval_step, tta_flip=tta_flip), AXIS)
   return p_train, p_eval
-
-
-def make_steps_for(config):
-  """make_steps with the config's augmentation and step options."""
-  augment_config = (
-    augment.AugmentConfig.from_config(config.augment)
-    if config.augment.enabled
-    else None
-  )
-  return make_steps(augment_config, StepOptions.from_config(config))

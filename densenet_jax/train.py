@@ -459,6 +459,9 @@ def parse_config(argv=None):
   parser = cli.ArgumentParser(
     prog="python -m densenet_jax.train",
     description="Train a DenseNet on CIFAR (resumes from --workdir).",
+    epilog="Any config field: --config.KEY=VALUE (ml_collections' "
+    "config_flags), e.g. --config.augment.enabled=False "
+    "--config.val_size=10000 (repeatable).",
   )
   parser.add_argument(
     "--workdir",
@@ -481,14 +484,6 @@ def parse_config(argv=None):
   parser.add_argument("--batch-size", type=int)
   parser.add_argument("--learning-rate", type=float)
   parser.add_argument("--seed", type=int)
-  parser.add_argument(
-    "--set",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="override any config field, e.g. --set "
-    "augment.enabled=False (repeatable)",
-  )
   group = parser.add_argument_group(
     "multi-process runs",
     "one process per host; JAX_COORDINATOR_ADDRESS, SLURM and Open MPI "
@@ -497,7 +492,9 @@ def parse_config(argv=None):
   group.add_argument("--coordinator-address", metavar="HOST:PORT")
   group.add_argument("--num-processes", type=int)
   group.add_argument("--process-id", type=int)
-  args = parser.parse_args(argv)
+  args, overrides = parser.parse_known_args(argv)
+  if overrides and not str(overrides[0]).startswith("--config."):
+    parser.error(f"unrecognized arguments: {' '.join(map(str, overrides))}")
   config = configs.load(args.config)
   for key in (
     "model",
@@ -510,7 +507,7 @@ def parse_config(argv=None):
   ):
     if getattr(args, key) is not None:
       config[key] = getattr(args, key)
-  configs.override(config, args.set)
+  config = configs.override(config, overrides)
   validate.config(config)
   check_workdir(args.workdir)
   return args, config

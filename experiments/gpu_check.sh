@@ -42,8 +42,8 @@ if ((quick)); then
   model=tiny
   batches=(16 32)
   bench=(--steps 1 --repeats 1)
-  train=(--dataset synthetic --model tiny --set val_size=64
-    --set batch_size=32 --set eval_batch_size=50)
+  train=(--dataset synthetic --model tiny --config.val_size=64
+    --config.batch_size=32 --config.eval_batch_size=50)
 else
   # Each result is written as soon as it is measured: what finished is
   # kept even if the command is stopped.

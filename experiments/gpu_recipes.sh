@@ -45,12 +45,12 @@ while (($#)); do
 done
 ((${#recipes[@]})) || recipes=(fast reference)
 
-extra=(--set test_every_epoch=True)
+extra=(--config.test_every_epoch=True)
 results=experiments/results
 if ((quick)); then
   extra+=(--dataset synthetic --model tiny --epochs 2
-    --set val_size=64 --set train_size=128 --set batch_size=32
-    --set eval_batch_size=50 --set log_every_steps=1)
+    --config.val_size=64 --config.train_size=128 --config.batch_size=32
+    --config.eval_batch_size=50 --config.log_every_steps=1)
   results=/tmp/gpu_recipes_quick
   runs=/tmp/gpu_recipes_quick/runs
   minutes=2

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 from conftest import load_experiment
 
-from densenet_jax import augment
+from densenet_jax import augment, configs
 
-REFERENCE = augment.AugmentConfig()  # the tutorial's ImageDataGenerator
-NONE = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, False)
+
+def settings(**fields):
+  """The default config's augmentation (the tutorial's ImageDataGenerator)
+  with `fields` changed, as the steps get it."""
+  return augment.settings(configs.load("default").augment.to_dict() | fields)
+
+
+REFERENCE = settings()
+NO_AFFINE = dict.fromkeys(augment.AFFINE_FIELDS, 0.0)
+NONE = settings(**NO_AFFINE, horizontal_flip=False)
 augment_batch = jax.jit(augment.augment_batch, static_argnums=2)
 KEYS = ("theta", "tx", "ty", "shear", "zx", "zy")
 
@@ -102,7 +110,7 @@ def test_zero_ranges_are_the_identity(images):
 
 
 def test_flip_only_flips_and_is_an_involution(images):
-  flip_only = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, True)
+  flip_only = settings(**NO_AFFINE)
   key = jax.random.key(3)
   once = augment_batch(key, images, flip_only)
   flipped = [not np.array_equal(a, b) for a, b in zip(once, images)]
@@ -144,8 +152,8 @@ def test_a_shift_moves_content():
   assert out[13, 8, 0] == 1.0 and out.sum() == 1.0
 
 
-CROP_FLIP = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, True, 4, 0)
-CROP_FLIP_CUTOUT = augment.AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, True, 4, 8)
+CROP_FLIP = settings(**NO_AFFINE, crop_padding_px=4)
+CROP_FLIP_CUTOUT = settings(**NO_AFFINE, crop_padding_px=4, cutout_size_px=8)
 
 
 def offsets_matching(out, image, padding):
@@ -197,17 +205,9 @@ def test_crop_flip_cutout_pipeline_keys_each_image_by_its_index(images):
   assert a.shape == images.shape and a.dtype == images.dtype
 
 
-def test_configs_without_the_new_fields_still_load():
-  import ml_collections
-
-  fields = dict(
-    rotation_range_deg=40.0,
-    width_shift_range=0.2,
-    height_shift_range=0.2,
-    shear_range_deg=0.2,
-    zoom_range=0.2,
-    horizontal_flip=True,
-  )
-  config = augment.AugmentConfig.from_config(ml_collections.ConfigDict(fields))
-  assert config == REFERENCE and not config.crop_padding_px
-  assert REFERENCE.has_affine and not CROP_FLIP.has_affine
+def test_sections_without_crop_and_cutout_still_load():
+  fields = configs.load("default").augment.to_dict()
+  del fields["crop_padding_px"], fields["cutout_size_px"]
+  assert augment.settings(fields) == REFERENCE
+  assert not REFERENCE.crop_padding_px and not REFERENCE.cutout_size_px
+  assert augment.has_affine(REFERENCE) and not augment.has_affine(CROP_FLIP)

@@ -23,7 +23,7 @@ from densenet_jax import checkpointing, configs, data, models, steps
 # topology) into full-size steps. A large eps compares the math, not that.
 ARGS = [
   *("--config", "smoke", "--dataset", "synthetic", "--learning-rate", "0.05"),
-  *("--set", "adam_eps=1.0", "--set", "log_every_steps=2"),
+  *("--config.adam_eps=1.0", "--config.log_every_steps=2"),
 ]
 
 

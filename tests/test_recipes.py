@@ -62,7 +62,7 @@ def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
   ema = jax.tree.map(lambda x: x * 0.5 + 0.1, state.ema)
   state = state.replace(ema=ema)
   split = dataset.splits["test"]
-  _, p_eval = steps.make_steps(None, steps.StepOptions(tta_flip=True))
+  _, p_eval = steps.make_steps(None, tta_flip=True)
   result = evaluate.evaluate_state(
     p_eval, flax.jax_utils.replicate(state), split, 100
   )

@@ -42,35 +42,39 @@ def no_work(monkeypatch):
     (["--learning-rate", "nan"], "learning_rate=nan must be a finite number"),
     (["--learning-rate", "inf"], "learning_rate=inf must be a finite number"),
     (
-      ["--set", "dtype=float99"],
+      ["--config.dtype=float99"],
       "unknown dtype 'float99'; choose one of float32, bfloat16",
     ),
     (["--model", "huge"], "unknown model 'huge'; choose one of reference"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--set", "impl=fastest"], "unknown impl 'fastest'"),
-    (["--set", "optimizer=lamb"], "unknown optimizer 'lamb'"),
-    (["--set", "lr_schedule=linear"], "unknown lr_schedule 'linear'"),
-    (["--set", "weight_decay_mode=l1"], "unknown weight_decay_mode 'l1'"),
-    (["--set", "label_smoothing=1.0"], "label_smoothing=1.0 must be >= 0.0"),
-    (["--set", "ema_decay=-0.1"], "ema_decay=-0.1 must be >= 0.0 and < 1.0"),
-    (["--set", "adam_b2=1.0"], "adam_b2=1.0 must be >= 0.0 and < 1.0"),
-    (["--set", "adam_eps=0.0"], "adam_eps=0.0 must be a finite number > 0"),
-    (["--set", "steps_per_epoch=0"], "steps_per_epoch=0 must be a positive"),
-    (["--set", "augment.zoom_range=-1"], "augment.zoom_range=-1.0 must be"),
-    (["--set", "augment.cutout_size_px=-2"], "augment.cutout_size_px=-2"),
-    (["--set", "lr_step_fractions=(0.5, 2)"], "lr_step_fractions=(0.5, 2)"),
-    (["--set", "val_size=50000"], "val_size=50000 must be between 1 and 49999"),
-    (["--set", "val_size=-5"], "val_size=-5 must be a positive integer"),
+    (["--config.impl=fastest"], "unknown impl 'fastest'"),
+    (["--config.optimizer=lamb"], "unknown optimizer 'lamb'"),
+    (["--config.lr_schedule=linear"], "unknown lr_schedule 'linear'"),
+    (["--config.weight_decay_mode=l1"], "unknown weight_decay_mode 'l1'"),
+    (["--config.label_smoothing=1.0"], "label_smoothing=1.0 must be >= 0.0"),
+    (["--config.ema_decay=-0.1"], "ema_decay=-0.1 must be >= 0.0 and < 1.0"),
+    (["--config.adam_b2=1.0"], "adam_b2=1.0 must be >= 0.0 and < 1.0"),
+    (["--config.adam_eps=0.0"], "adam_eps=0.0 must be a finite number > 0"),
+    (["--config.steps_per_epoch=0"], "steps_per_epoch=0 must be a positive"),
+    (["--config.augment.zoom_range=-1"], "augment.zoom_range=-1.0 must be"),
+    (["--config.augment.cutout_size_px=-2"], "augment.cutout_size_px=-2"),
+    (["--config.lr_step_fractions=(0.5, 2)"], "lr_step_fractions=(0.5, 2)"),
+    (["--config.val_size=50000"], "val_size=50000 must be between 1 and 49999"),
+    (["--config.nosuch=3"], "unknown config key 'nosuch'; known: adam_b1"),
+    (["--config.augment.zoom=1"], "unknown config key 'augment.zoom'; known"),
+    (["--config.seed=abc"], "--config.seed=abc: invalid literal for int()"),
+    (["--config.seed=1", "stray"], "unrecognized arguments: stray"),
+    (["--config.val_size=-5"], "val_size=-5 must be a positive integer"),
     (
-      ["--set", "train_size=46000"],
+      ["--config.train_size=46000"],
       "train_size=46000 must be between 1 and 45000 with val_size=5000",
     ),
     (
-      ["--batch-size", "200", "--set", "train_size=100"],
+      ["--batch-size", "200", "--config.train_size=100"],
       "batch_size=200 is larger than the 100 training images of cifar10",
     ),
     (
-      ["--dataset", "synthetic", "--set", "val_size=1000"],
+      ["--dataset", "synthetic", "--config.val_size=1000"],
       "val_size=1000 must be between 1 and 999",
     ),
   ],
@@ -165,3 +169,25 @@ def test_show_samples_checks_before_reading(
 def test_benchmark_checks_its_options_first(args, expected, cli_error, no_work):
   message = cli_error(benchmark.main, args)
   assert expected in message
+
+
+def test_config_overrides_are_typed_by_their_fields(tmp_path):
+  _, config = train.parse_config(
+    [
+      "--workdir",
+      str(tmp_path / "run"),
+      "--config",
+      "smoke",
+      "--config.learning_rate=1",
+      "--config.augment.enabled=False",
+      "--config.lr_step_fractions=(0.25, 0.5)",
+      "--config.train_size",
+      "96",
+      "--config.data_dir=/data/tfds",
+    ]
+  )
+  assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+  assert config.augment.enabled is False
+  assert tuple(config.lr_step_fractions) == (0.25, 0.5)
+  assert config.train_size == 96
+  assert config.data_dir == "/data/tfds"

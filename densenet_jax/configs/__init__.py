@@ -1,11 +1,12 @@
 """Configs are code: `get_config()` in a module here or in any .py file."""
 
-import ast
 import importlib
 import importlib.util
 import pathlib
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from densenet_jax import errors
 
@@ -35,31 +36,39 @@ def load(name_or_path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def override(config: ml_collections.ConfigDict, assignments) -> None:
-  """Applies 'key=value' strings (dotted keys, Python literals) in place."""
-  for assignment in assignments:
-    key, sep, text = assignment.partition("=")
-    if not sep:
-      raise errors.UserError(
-        f"override {assignment!r} is not of the form key=value"
-      )
-    parent, _, leaf = key.strip().rpartition(".")
-    node = config
-    for part in filter(None, parent.split(".")):
-      node = node[part] if part in node else None
-      if not isinstance(node, ml_collections.ConfigDict):
-        raise errors.UserError(f"unknown config key {key!r}")
-    if leaf not in node:
+def override(
+  config: ml_collections.ConfigDict, args
+) -> ml_collections.ConfigDict:
+  """Applies `--config.KEY=VALUE` arguments in place and returns the config:
+  ml_collections' config_flags parses them (the convention of flax's
+  examples), dotted keys, each value parsed as its field's type."""
+  args = [str(arg) for arg in args]
+  for arg in args:
+    if arg.startswith("--config."):
+      _check_key(config, arg.removeprefix("--config.").partition("=")[0])
+  argv = ["densenet_jax", *args]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_dict(
+    "config", config, flag_values=flag_values, sys_argv=argv
+  )
+  try:
+    rest = flag_values(argv)[1:]
+  except flags.Error as err:
+    raise errors.UserError(str(err)) from None
+  if rest:
+    raise errors.UserError(f"unrecognized arguments: {' '.join(rest)}")
+  return flag_values.config
+
+
+def _check_key(config: ml_collections.ConfigDict, key: str) -> None:
+  """A one-line error for a key the config lacks (config_flags would raise
+  a bare AttributeError), naming the keys it has at that level."""
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise errors.UserError(f"unknown config key {key!r}")
+    if part not in node:
       raise errors.UserError(
         f"unknown config key {key!r}; known: {', '.join(sorted(node))}"
       )
-    try:
-      value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-      value = text.strip()  # a bare string such as model=tiny
-    if isinstance(node[leaf], float) and isinstance(value, int):
-      value = float(value)
-    try:
-      node[leaf] = value
-    except TypeError as err:
-      raise errors.UserError(f"bad value for {key}: {err}") from None
+    node = node[part]

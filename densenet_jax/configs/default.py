@@ -9,6 +9,7 @@ loss). The tutorial reports 90.07% test accuracy after over an hour on a GPU.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -23,9 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Data.
   config.dataset = "cifar10"  # a TFDS name: cifar10 or cifar100
   # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  config.data_dir = None
+  config.data_dir = placeholder(str)
   config.val_size = 5000  # the last val_size training images validate
-  config.train_size = None  # None: all the rest; an int trains on fewer
+  # None: all the rest; an int trains on fewer.
+  config.train_size = placeholder(int)
 
   # Augmentation, in keras.preprocessing.image.ImageDataGenerator's units.
   config.augment = ml_collections.ConfigDict()
@@ -69,7 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128  # global batch, split over all devices
   config.eval_batch_size = 500
   config.num_epochs = 200
-  config.steps_per_epoch = None  # None: floor(train images / batch_size) = 351
+  # None: floor(train images / batch_size) = 351.
+  config.steps_per_epoch = placeholder(int)
   # Epochs without a lower training loss before stopping; 0: never stop.
   config.early_stopping_patience = 4
 
