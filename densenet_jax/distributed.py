@@ -67,6 +67,12 @@ def initialize(
     ) from err
 
 
+def log(*args) -> None:
+  """print, on the main process only."""
+  if is_main_process():
+    print(*args, flush=True)
+
+
 def is_main_process() -> bool:
   return jax.process_index() == 0
 

@@ -9,7 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from densenet_jax import checkpointing, data, evaluate, models, steps, train
+from densenet_jax import (
+  checkpointing,
+  data,
+  epoch,
+  evaluate,
+  models,
+  steps,
+  train,
+)
 
 
 def make_state(config, dataset):
@@ -61,16 +69,16 @@ def test_batch_sizes_the_devices_cannot_split_are_refused(smoke_config):
 
 
 def test_early_stopping_after_patience_epochs_without_improvement():
-  meta = train.RunRecord()
+  meta = epoch.RunRecord()
   losses = [2.0, 1.5, 1.6, 1.5, 1.7, 1.55]  # best 1.5 at epoch 2
   stopped = []
   for loss in losses:
-    train._early_stopping(meta, loss, patience=4)
+    epoch.early_stopping(meta, loss, patience=4)
     stopped.append(meta.stopped_early)
   assert stopped == [False] * 5 + [True]
-  meta = train.RunRecord()
+  meta = epoch.RunRecord()
   for loss in [2.0, 2.1, 2.2, 1.9, 2.0, 2.0, 2.0]:
-    train._early_stopping(meta, loss, patience=4)
+    epoch.early_stopping(meta, loss, patience=4)
   assert not meta.stopped_early  # 1.9 reset the count
 
 
@@ -78,10 +86,10 @@ def test_training_stops_early_end_to_end(
   smoke_config, dataset, tmp_path, monkeypatch
 ):
   smoke_config.num_epochs = 10
-  real = train._early_stopping
+  real = epoch.early_stopping
   monkeypatch.setattr(  # every epoch's loss is "no better"
-    train,
-    "_early_stopping",
+    epoch,
+    "early_stopping",
     lambda meta, loss, patience: real(meta, 1.0, patience),
   )
   result = train.train_and_evaluate(smoke_config, tmp_path, dataset)
