@@ -1,4 +1,4 @@
-"""The tutorial's 90.07% on a 2-core CPU within an hour, everything included.
+"""Toward the tutorial's 90.07% on a 2-core CPU within an hour, all included.
 
     python -m densenet_jax.train --config cpu90 --workdir runs/cpu90
 
@@ -11,11 +11,10 @@ linear decay to 0), decoupled weight decay 5e-3 on kernels, label smoothing
 exponential moving average of the weights (decay 0.999) for validation and
 test, flip test-time augmentation; the test set is scored after every epoch
 for the curve of test accuracy against wall time (model selection uses
-validation only). 24 epochs take about 53 minutes on 2 cores (Intel Xeon,
-about 131 s an epoch with its evaluations).
+validation only).
 
-Results, with the commit and the machine that produced them: the README's
-results table and experiments/results/cpu90/.
+Results, with the commit and the machine that produced them (the goal is
+not reached yet): the README's results table and experiments/results/cpu90/.
 """
 
 from densenet_jax.configs import cpu_check
