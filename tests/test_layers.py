@@ -162,6 +162,33 @@ def test_fast_model_matches_flax_model(overrides):
   assert_trees_close(*eval_logits)
 
 
+def test_fast_train_step_needs_less_temporary_memory_than_flax():
+  """XLA's memory analysis of a training gradient: the fast layers keep no
+  float32 copy of the feature maps from the forward pass to the backward
+  one. A centred copy (x - mean) shared between the passes brought the
+  fast set here from 79% of the flax set's temporaries to 98% (and the
+  reference network's train step from 1216 to 2062 MiB)."""
+  x = jnp.zeros((16, 32, 32, 3))
+
+  def temp_bytes(impl):
+    model = models.create_model("tiny", impl=impl)
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params):
+      logits, _ = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      return jnp.sum(logits)
+
+    compiled = jax.jit(jax.grad(loss)).lower(variables["params"]).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  assert temp_bytes("fast") < 0.9 * temp_bytes("flax")
+
+
 def test_fast_model_in_bfloat16_stays_close_to_float32():
   x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
   model = models.create_model("tiny")
