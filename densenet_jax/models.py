@@ -231,6 +231,10 @@ cpu_small = functools.partial(
 # block. 420,458 parameters.
 cpu_medium = functools.partial(cpu_small, blocks=(0, 4, 4, 4))
 
+# cpu_medium with a stem twice as wide: 32 channels, not 16, carry the
+# image into the 16x16 block.
+cpu_wide_stem = functools.partial(cpu_medium, stem_features=64)
+
 # Test-size network: the reference's structure, a few thousand parameters.
 tiny = functools.partial(
   DenseNet, blocks=(1, 1), growth_rate=4, stem_features=4
@@ -241,6 +245,7 @@ PRESETS = {
   "densenet_bc_100_k12": densenet_bc_100_k12,
   "cpu_small": cpu_small,
   "cpu_medium": cpu_medium,
+  "cpu_wide_stem": cpu_wide_stem,
   "tiny": tiny,
 }
 
