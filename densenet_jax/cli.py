@@ -14,14 +14,22 @@ class ArgumentParser(argparse.ArgumentParser):
     self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str, low: int, what: str) -> int:
   try:
     value = int(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+  if value < low:
+    raise argparse.ArgumentTypeError(f"must be {what}, not {value}")
   return value
+
+
+def positive_int(text: str) -> int:
+  return _integer(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+  return _integer(text, 0, "an integer >= 0")
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

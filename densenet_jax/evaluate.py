@@ -25,11 +25,9 @@ from densenet_jax import cli, data, errors, inference, steps, validate
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def eval_sums(
-  module, variables, batch: dict, num_classes: int, tta_flip: bool
-) -> dict:
+def eval_sums(module, variables, batch: dict, num_classes: int, tta) -> dict:
   """steps.eval_sums of one batch on one device, with the confusion matrix."""
-  return steps.eval_sums(module.apply, variables, batch, tta_flip, num_classes)
+  return steps.eval_sums(module.apply, variables, batch, tta, num_classes)
 
 
 def sum_batches(sums_fn, batches) -> dict:
@@ -73,7 +71,7 @@ def evaluate(model: inference.Model, split: data.Split, batch_size: int):
 
   def sums(batch):
     return eval_sums(
-      model.module, model.variables, batch, model.num_classes, model.tta_flip
+      model.module, model.variables, batch, model.num_classes, model.tta
     )
 
   first = next(data.eval_batches(split, batch_size))
@@ -163,6 +161,12 @@ def parse_args(argv=None):
     help="eval batch (default: the run's eval_batch_size)",
   )
   parser.add_argument(
+    "--tta-translate-px",
+    type=cli.non_negative_int,
+    help="also average the logits of the images moved this many pixels "
+    "each way diagonally (default: the run's tta_translate_px)",
+  )
+  parser.add_argument(
     "--output", help="folder for the JSON and PNG (default: WORKDIR/eval)"
   )
   return parser.parse_args(argv)
@@ -189,19 +193,27 @@ def _main(argv):
       f"{model.checkpoint} {model.num_classes}"
     )
   model.class_names = dataset.class_names
+  as_trained = args.tta_translate_px in (None, model.tta.translate_px)
+  if not as_trained:
+    model.config.tta_translate_px = args.tta_translate_px
   batch_size = args.batch_size or config.eval_batch_size
   workdir = model.checkpoint.parents[2]
   out = pathlib.Path(args.output) if args.output else workdir / "eval"
   stem = f"{model.checkpoint.parent.name}_{args.split}"  # best_test
+  if not as_trained:
+    stem += f"_translate{args.tta_translate_px}"
   result = {
     "checkpoint": str(model.checkpoint),
     "step": model.step,
     "model": config.model,
     "dataset": name,
     "split": args.split,
+    "tta": model.tta._asdict(),
     **evaluate(model, dataset.splits[args.split], batch_size),
   }
-  trained = _training_test_result(model, name) if args.split == "test" else None
+  trained = None
+  if args.split == "test" and as_trained:
+    trained = _training_test_result(model, name)
   if trained:
     result["training_test_accuracy"] = trained["test_accuracy"]
   _print(result, model.class_names, trained)

@@ -123,8 +123,8 @@ def check_images(images) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _logits(module, variables, images, tta_flip):
-  return models.eval_logits(module.apply, variables, images, tta_flip)
+def _logits(module, variables, images, tta):
+  return models.eval_logits(module.apply, variables, images, tta)
 
 
 class Model:
@@ -141,10 +141,9 @@ class Model:
     self.meta = meta  # the checkpoint's epoch history and counters
 
   @property
-  def tta_flip(self) -> bool:
-    """Whether logits average the image's and its mirror's, as in the
-    run's evaluation (config tta_flip)."""
-    return bool(self.config.get("tta_flip", False))
+  def tta(self) -> models.TTA:
+    """The views whose logits are averaged, as in the run's evaluation."""
+    return models.TTA.of(self.config)
 
   @property
   def num_classes(self) -> int:
@@ -169,7 +168,7 @@ class Model:
       size = min(batch_size, 1 << (len(chunk) - 1).bit_length())
       padded = np.zeros((size,) + IMAGE_SHAPE, np.uint8)
       padded[: len(chunk)] = chunk
-      logits = _logits(self.module, self.variables, padded, self.tta_flip)
+      logits = _logits(self.module, self.variables, padded, self.tta)
       out.append(np.asarray(logits)[: len(chunk)])
     if not out:
       return np.zeros((0, self.num_classes), np.float32)

@@ -9,7 +9,7 @@ of the tutorial's last layer lives in the loss.
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -290,13 +290,47 @@ def scale_inputs(images):
   return images.astype(jnp.float32) / 255.0
 
 
-def eval_logits(apply_fn, variables, images, tta_flip: bool = False):
-  """Inference logits of uint8 images (N, H, W, C), scaled as in training;
-  with `tta_flip`, the mean of the image's and its mirror's."""
+class TTA(NamedTuple):
+  """Test-time augmentation: the views of an image whose logits evaluation
+  averages (config tta_flip and tta_translate_px)."""
+
+  flip: bool = False  # the image and its mirror
+  # Also the image moved this many pixels down-right and up-left (uncovered
+  # pixels 0, as the training crops' padding), weighing 1/4 each against
+  # the image's 1/2, as airbench's multi-crop evaluation.
+  translate_px: int = 0
+
+  @classmethod
+  def of(cls, config) -> "TTA":
+    return cls(
+      bool(config.get("tta_flip", False)),
+      int(config.get("tta_translate_px", 0)),
+    )
+
+
+NO_TTA = TTA()
+
+
+def eval_logits(apply_fn, variables, images, tta: TTA = NO_TTA):
+  """Inference logits of uint8 images (N, H, W, C), scaled as in training,
+  averaged over the views of `tta`."""
   images = scale_inputs(images)
-  logits = apply_fn(variables, images, train=False)
-  if tta_flip:
-    logits = (logits + apply_fn(variables, images[:, :, ::-1], train=False)) / 2
+
+  def with_mirror(x):
+    logits = apply_fn(variables, x, train=False)
+    if tta.flip:
+      logits = (logits + apply_fn(variables, x[:, :, ::-1], train=False)) / 2
+    return logits
+
+  logits = with_mirror(images)
+  if tta.translate_px:
+    p = tta.translate_px
+    h, w = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+    down_right = padded[:, :h, :w]
+    up_left = padded[:, 2 * p :, 2 * p :]
+    moved = with_mirror(down_right) + with_mirror(up_left)
+    logits = 0.5 * logits + 0.25 * moved
   return logits
 
 

@@ -112,12 +112,12 @@ def eval_variables(state: TrainState) -> dict:
 
 
 def eval_sums(
-  apply_fn, variables, batch: dict, tta_flip: bool = False, num_classes=None
+  apply_fn, variables, batch: dict, tta=models.NO_TTA, num_classes=None
 ) -> dict:
   """Mask-weighted sums of one batch (loss, correct, count), so that a padded
   batch counts each example once; with `num_classes`, also the confusion
   matrix (rows: true class, columns: predicted class)."""
-  logits = models.eval_logits(apply_fn, variables, batch["image"], tta_flip)
+  logits = models.eval_logits(apply_fn, variables, batch["image"], tta)
   labels, mask = batch["label"], batch["mask"]
   predicted = jnp.argmax(logits, -1)
   sums = {
@@ -133,20 +133,20 @@ def eval_sums(
   return sums
 
 
-def eval_step(state: TrainState, batch: dict, tta_flip: bool = False) -> dict:
+def eval_step(state: TrainState, batch: dict, tta=models.NO_TTA) -> dict:
   """eval_sums of a device's shard, summed over AXIS."""
-  sums = eval_sums(state.apply_fn, eval_variables(state), batch, tta_flip)
+  sums = eval_sums(state.apply_fn, eval_variables(state), batch, tta)
   return jax.lax.psum(sums, AXIS)
 
 
 def make_steps_for(config):
   """The pmapped train and eval steps of a config: its augmentation, label
-  smoothing, EMA decay and test-time flips."""
+  smoothing, EMA decay and test-time augmentation."""
   return make_steps(
     augment.settings(config.augment) if config.augment.enabled else None,
     config.label_smoothing,
     config.ema_decay,
-    config.tta_flip,
+    models.TTA.of(config),
   )
 
 
@@ -154,16 +154,16 @@ def make_steps(
   augment_config=None,
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
-  tta_flip: bool = False,
+  tta=models.NO_TTA,
 ):
   """The pmapped train and eval steps; equal settings give the identical
   functions, so that runs in one process (tests, notebooks, resumes) share
   their compilations."""
-  return _cached_steps(augment_config, label_smoothing, ema_decay, tta_flip)
+  return _cached_steps(augment_config, label_smoothing, ema_decay, tta)
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_steps(augment_config, label_smoothing, ema_decay, tta_flip):
+def _cached_steps(augment_config, label_smoothing, ema_decay, tta):
   p_train = jax.pmap(
     functools.partial(
       train_step,
@@ -174,5 +174,5 @@ def _cached_steps(augment_config, label_smoothing, ema_decay, tta_flip):
     axis_name=AXIS,
     donate_argnums=(0,),
   )
-  p_eval = jax.pmap(functools.partial(eval_step, tta_flip=tta_flip), AXIS)
+  p_eval = jax.pmap(functools.partial(eval_step, tta=tta), AXIS)
   return p_train, p_eval

@@ -36,7 +36,7 @@ _POSITIVE_INTS = (
   "log_every_steps",
 )
 _OPTIONAL_POSITIVE_INTS = ("steps_per_epoch", "train_size")
-_NON_NEGATIVE_INTS = ("early_stopping_patience",)
+_NON_NEGATIVE_INTS = ("early_stopping_patience", "tta_translate_px")
 _BOOLS = (
   "nesterov",
   "weight_decay_kernels_only",

@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+from conftest import load_experiment
+
 from densenet_jax import benchmark, xla_flags
 
 
@@ -87,3 +90,29 @@ def test_xla_flag_defaults_respect_the_users_choice():
   assert env.get("XLA_FLAGS", "") == " ".join(
     f"--{k}={v}" for k, v in added.items()
   )
+
+
+def test_cpu_peak_bounds_throughput_by_flops(tmp_path):
+  """experiments/cpu_peak.py: images/s at the matrix-product rate are that
+  rate over XLA's FLOPs per image, and training costs more than eval."""
+  out = tmp_path / "peak.json"
+  result = load_experiment("cpu_peak").main(
+    [
+      "--model",
+      "tiny",
+      "--batch-size",
+      "2",
+      "--matmul-size",
+      "64",
+      "--repeats",
+      "1",
+      "--output",
+      str(out),
+    ]
+  )
+  assert result["matmul_gflop_s"] > 0
+  assert result["train_gflop_per_image"] > 2 * result["eval_gflop_per_image"]
+  assert result["train_img_s_at_peak"] == pytest.approx(
+    result["matmul_gflop_s"] / result["train_gflop_per_image"]
+  )
+  assert json.loads(out.read_text()) == result

@@ -54,6 +54,19 @@ def test_evaluate_another_split_into_another_folder(
   ]
 
 
+def test_evaluate_with_more_test_time_views(trained_workdir, capsys):
+  result = evaluate.main(
+    ["--workdir", str(trained_workdir), "--tta-translate-px", "2"]
+  )
+  assert result["tta"] == {"flip": False, "translate_px": 2}
+  trained = json.loads((trained_workdir / "test_result.json").read_text())
+  assert result["examples"] == 500 and result["loss"] != trained["test_loss"]
+  # Not the function training scored: no comparison with its number.
+  assert "training reported" not in capsys.readouterr().out
+  saved = trained_workdir / "eval" / "best_test_translate2.json"
+  assert json.loads(saved.read_text())["loss"] == result["loss"]
+
+
 def _set_config(workdir, **changes):
   path = workdir / "config.json"
   config = json.loads(path.read_text())
@@ -121,6 +134,7 @@ def test_bad_workdirs_fail_clearly_and_change_nothing(
     (["--dataset", "mnist"], "unknown dataset 'mnist'; choose one of"),
     (["--split", "tset"], "argument --split: invalid choice: 'tset'"),
     (["--batch-size", "0"], "--batch-size: must be a positive integer, not 0"),
+    (["--tta-translate-px", "-1"], "must be an integer >= 0, not -1"),
     (["--checkpoint", "worst"], "--checkpoint: invalid choice: 'worst'"),
   ],
 )

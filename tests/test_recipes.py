@@ -62,7 +62,7 @@ def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
   ema = jax.tree.map(lambda x: x * 0.5 + 0.1, state.ema)
   state = state.replace(ema=ema)
   split = dataset.splits["test"]
-  _, p_eval = steps.make_steps(None, tta_flip=True)
+  _, p_eval = steps.make_steps(None, tta=models.TTA(flip=True))
   result = evaluate.evaluate_state(
     p_eval, flax.jax_utils.replicate(state), split, 100
   )
@@ -75,6 +75,41 @@ def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
   np.testing.assert_allclose(
     result["accuracy"], (np.argmax(logits, -1) == split.labels).mean()
   )
+
+
+def test_translate_tta_averages_moved_images_and_their_mirrors():
+  """Half the image's (mirror-averaged) logits, a quarter each of the image
+  moved one pixel down-right and up-left, uncovered pixels 0."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+  weights = rng.normal(size=(8 * 8 * 3, 10)).astype(np.float32)
+
+  def apply_fn(variables, x, train):
+    assert not train
+    return x.reshape(len(x), -1) @ weights
+
+  def moved(x, d):
+    out = np.zeros_like(x)
+    if d > 0:
+      out[:, d:, d:] = x[:, :-d, :-d]
+    else:
+      out[:, :d, :d] = x[:, -d:, -d:]
+    return out
+
+  def mirrored(x):
+    return (apply_fn(None, x, False) + apply_fn(None, x[:, :, ::-1], False)) / 2
+
+  x = images / 255.0
+  expected = 0.5 * mirrored(x) + 0.25 * (
+    mirrored(moved(x, 1)) + mirrored(moved(x, -1))
+  )
+  tta = models.TTA(flip=True, translate_px=1)
+  got = models.eval_logits(apply_fn, None, images, tta)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  no_translation = models.eval_logits(
+    apply_fn, None, images, tta._replace(translate_px=0)
+  )
+  np.testing.assert_allclose(no_translation, mirrored(x), rtol=1e-5, atol=1e-5)
 
 
 def smoke_sized(config):
@@ -163,7 +198,7 @@ def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
   # The Python API and the evaluate command score what training scored:
   # the best checkpoint's EMA weights, with flip TTA, in bfloat16.
   model = densenet_jax.load(full_dir)
-  assert model.tta_flip and model.module.dtype == jnp.bfloat16
+  assert model.tta.flip and model.module.dtype == jnp.bfloat16
   ckpt = checkpointing.Checkpoints(full_dir, read_only=True)
   best, _ = ckpt.restore("best", tiny_state(config, dataset))
   ckpt.close()

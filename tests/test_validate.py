@@ -55,6 +55,10 @@ def no_work(monkeypatch):
     (["--config.ema_decay=-0.1"], "ema_decay=-0.1 must be >= 0.0 and < 1.0"),
     (["--config.adam_b2=1.0"], "adam_b2=1.0 must be >= 0.0 and < 1.0"),
     (["--config.adam_eps=0.0"], "adam_eps=0.0 must be a finite number > 0"),
+    (
+      ["--config.tta_translate_px=-1"],
+      "tta_translate_px=-1 must be an integer",
+    ),
     (["--config.steps_per_epoch=0"], "steps_per_epoch=0 must be a positive"),
     (["--config.augment.zoom_range=-1"], "augment.zoom_range=-1.0 must be"),
     (["--config.augment.cutout_size_px=-2"], "augment.cutout_size_px=-2"),

@@ -68,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   # min(ema_decay, (1 + step) / (10 + step)).
   config.ema_decay = 0.0
   config.tta_flip = False  # eval on the mean logits of image and its mirror
+  # Eval also on the image moved this many pixels each way diagonally
+  # (models.TTA); 0: off.
+  config.tta_translate_px = 0
   config.batch_size = 128  # global batch, split over all devices
   config.eval_batch_size = 500
   config.num_epochs = 200
