@@ -23,7 +23,13 @@ def test_densenet_bc_100_k12_parameter_count():
 
 
 @pytest.mark.parametrize(
-  "preset, count", [("cpu_small", 234_242), ("cpu_medium", 420_458)]
+  "preset, count",
+  [
+    ("cpu_small", 234_242),
+    ("cpu_medium", 420_458),
+    ("cpu_wide_stem", 459_658),
+    ("cpu_deep_tail", 742_154),
+  ],
 )
 def test_cpu_presets_parameter_counts(preset, count):
   assert param_count(models.create_model(preset)) == count
