@@ -17,6 +17,7 @@ from densenet_jax import (
   data,
   import_keras,
   inference,
+  models,
   optim,
   steps,
   summary,
@@ -116,7 +117,7 @@ def test_flax_layers_compute_the_same_function(keras_model, imported, images):
   """The plain flax layers (impl="flax") on the same imported variables;
   the workdir's own impl, "fast", is the test above."""
   module = imported.module.clone(impl="flax")
-  ours = inference._logits(module, imported.variables, images, False)
+  ours = inference._logits(module, imported.variables, images, models.NO_TTA)
   x = images.astype(np.float32) / 255
   np.testing.assert_allclose(ours, keras_logits(keras_model, x), atol=1e-5)
 
