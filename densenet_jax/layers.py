@@ -197,10 +197,11 @@ def _bn_bwd(epsilon, relu, axis_name, res, cotangents):
   # The statistics' cotangents are ignored: callers stop their gradient.
   xs, a, bias, mean, rstd = res
   g = cotangents[0].astype(jnp.float32)
+  chunks = _chunks(xs)
   # Per feature map: a * (x - mean), and its slice of the output gradient,
   # ReLU-masked.
   us, gs = [], []
-  for x, c in zip(xs, _chunks(xs)):
+  for x, c in zip(xs, chunks):
     u = x.astype(jnp.float32) * a[c] - mean[c] * a[c]
     gc = g[..., c]
     if relu:
@@ -214,7 +215,7 @@ def _bn_bwd(epsilon, relu, axis_name, res, cotangents):
   dscale = jnp.concatenate(
     [
       _channel_sums(gc * (x.astype(jnp.float32) * rstd[c] - mean[c] * rstd[c]))
-      for x, gc, c in zip(xs, gs, _chunks(xs))
+      for x, gc, c in zip(xs, gs, chunks)
     ]
   )
   if axis_name is None:
@@ -226,7 +227,7 @@ def _bn_bwd(epsilon, relu, axis_name, res, cotangents):
   k0 = -a * sum_g / n
   dxs = tuple(
     (gc * a[c] + u * k1[c] + k0[c]).astype(x.dtype)
-    for x, u, gc, c in zip(xs, us, gs, _chunks(xs))
+    for x, u, gc, c in zip(xs, us, gs, chunks)
   )
   return dxs, dscale, dbias
 
