@@ -169,6 +169,13 @@ def end_epoch(config, state, val, record, ckpt, reporter, extra) -> None:
     reporter.epoch_end(history)
 
 
+def scores_test(config, epoch: int) -> bool:
+  """Whether the test set is scored after `epoch` (counted from 1): every
+  `test_every_epochs`th epoch and the last one, none when that is 0."""
+  every = config.test_every_epochs
+  return bool(every) and (epoch % every == 0 or epoch == config.num_epochs)
+
+
 def elapsed_before(record: RunRecord) -> float:
   """Seconds a resumed run had already run (time while stopped left out)."""
   history, partial = record.history, record.partial or {}

@@ -13,15 +13,16 @@ COLUMNS = (
   "learning_rate",
   "epoch_time_s",
   "wall_time_s",  # since the run started, compilation and evaluation included
-  "test_loss",  # with test_every_epoch only
+  "test_loss",  # in the epochs that score the test set (test_every_epochs)
   "test_accuracy",
 )
 
 
 def _columns(history: list[dict]) -> list[str]:
-  """The COLUMNS every row has (runs without per-epoch test scores, rows
-  written before wall_time_s existed)."""
-  return [c for c in COLUMNS if all(c in row for row in history)]
+  """The COLUMNS any row has: a row without one (an epoch that did not
+  score the test set, a row written before wall_time_s existed) leaves its
+  cell empty."""
+  return [c for c in COLUMNS if any(c in row for row in history)]
 
 
 def write_metrics_csv(path, history: list[dict]) -> None:
@@ -36,16 +37,18 @@ def write_metrics_csv(path, history: list[dict]) -> None:
 
 
 def read_metrics_csv(path) -> list[dict]:
+  """The rows of a metrics.csv; an empty cell is a key the row lacks."""
   with open(path, newline="") as f:
     return [
-      {k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
+      {k: float(v) if k != "epoch" else int(v) for k, v in row.items() if v}
       for row in csv.DictReader(f)
     ]
 
 
 def plot_curves(history: list[dict], path, title: str = "") -> None:
   """Saves the tutorial's plot: loss and accuracy, training and validation;
-  with per-epoch test scores, a third panel: accuracy against wall time."""
+  with test scores during training, a third panel: accuracy against wall
+  time."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -53,8 +56,9 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
   from matplotlib.ticker import MaxNLocator
 
   epochs = [row["epoch"] for row in history]
-  timed = "test_accuracy" in _columns(history) and "wall_time_s" in history[0]
-  panels = 3 if timed else 2
+  timed = [row for row in history if "wall_time_s" in row]
+  tested = [row for row in timed if "test_accuracy" in row]
+  panels = 3 if tested else 2
   fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
   for ax, key in zip(axes, ("loss", "accuracy")):
     ax.plot(epochs, [row[key] for row in history], "o-", label=f"train {key}")
@@ -69,12 +73,12 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
     ax.legend()
-  if timed:
+  if tested:
     ax = axes[2]
-    minutes = [row["wall_time_s"] / 60 for row in history]
-    for key in ("val_accuracy", "test_accuracy"):
+    for key, rows in (("val_accuracy", timed), ("test_accuracy", tested)):
       label = "validation" if key == "val_accuracy" else "test"
-      ax.plot(minutes, [row[key] for row in history], "o-", label=label)
+      minutes = [row["wall_time_s"] / 60 for row in rows]
+      ax.plot(minutes, [row[key] for row in rows], "o-", label=label)
     ax.set_xlim(left=0)
     ax.set_xlabel("wall time (minutes)")
     ax.set_ylabel("accuracy")
@@ -99,7 +103,7 @@ class Reporter:
 
   def epoch_end(self, history: list[dict]) -> None:
     row = history[-1]
-    for key in _columns(history)[1:]:
+    for key in [c for c in COLUMNS[1:] if c in row]:
       self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
     self.writer.flush()
     write_metrics_csv(self.workdir / "metrics.csv", history)

@@ -203,14 +203,14 @@ class _Run:
   def end_epoch(
     self, record: epoch.RunRecord, replicated, started: float
   ) -> None:
-    """Validation (and test, if asked) of the epoch's state, then its row,
-    early stopping and checkpoints."""
+    """Validation (and test, in the epochs that score it) of the epoch's
+    state, then its row, early stopping and checkpoints."""
     config, splits = self.config, self.dataset.splits
     val = evaluate.evaluate_state(
       self.p_eval, replicated, splits["validation"], config.eval_batch_size
     )
     extra = {}
-    if config.test_every_epoch:
+    if epoch.scores_test(config, len(record.history) + 1):
       test = evaluate.evaluate_state(
         self.p_eval, replicated, splits["test"], config.eval_batch_size
       )

@@ -36,12 +36,15 @@ _POSITIVE_INTS = (
   "log_every_steps",
 )
 _OPTIONAL_POSITIVE_INTS = ("steps_per_epoch", "train_size")
-_NON_NEGATIVE_INTS = ("early_stopping_patience", "tta_translate_px")
+_NON_NEGATIVE_INTS = (
+  "early_stopping_patience",
+  "tta_translate_px",
+  "test_every_epochs",
+)
 _BOOLS = (
   "nesterov",
   "weight_decay_kernels_only",
   "tta_flip",
-  "test_every_epoch",
 )
 # name: (low, high, high included); low is always included.
 _RANGES = {

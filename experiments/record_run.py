@@ -93,11 +93,12 @@ def summarise(rows: list[dict], test: dict | None, target: float) -> dict:
   if test:
     summary["test_accuracy"] = test["test_accuracy"]
     summary["test_checkpoint_step"] = test["checkpoint_step"]
-  if "test_accuracy" in last:
-    scores = [row["test_accuracy"] for row in rows]
+  tested = [row for row in rows if "test_accuracy" in row]
+  if tested:
+    scores = [row["test_accuracy"] for row in tested]
     summary["best_test_accuracy_per_epoch"] = max(scores)
     summary["final_test_accuracy_per_epoch"] = scores[-1]
-    reached = [r["wall_time_s"] for r in rows if r["test_accuracy"] >= target]
+    reached = [r["wall_time_s"] for r in tested if r["test_accuracy"] >= target]
     summary[f"wall_time_s_to_{target:.2%}"] = reached[0] if reached else None
   return summary
 

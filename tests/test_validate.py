@@ -59,6 +59,10 @@ def no_work(monkeypatch):
       ["--config.tta_translate_px=-1"],
       "tta_translate_px=-1 must be an integer",
     ),
+    (
+      ["--config.test_every_epochs=-2"],
+      "test_every_epochs=-2 must be an integer >= 0",
+    ),
     (["--config.steps_per_epoch=0"], "steps_per_epoch=0 must be a positive"),
     (["--config.augment.zoom_range=-1"], "augment.zoom_range=-1.0 must be"),
     (["--config.augment.cutout_size_px=-2"], "augment.cutout_size_px=-2"),

@@ -42,6 +42,6 @@ def get_config():
   config.num_epochs = 5
   config.early_stopping_patience = 0
   config.tta_flip = True
-  config.test_every_epoch = True
+  config.test_every_epochs = 1
   config.log_every_steps = 50
   return config
