@@ -239,6 +239,10 @@ cpu_wide_stem = functools.partial(cpu_medium, stem_features=64)
 # where they are cheap, at 4x4 (16% more multiply-adds).
 cpu_deep_tail = functools.partial(cpu_medium, blocks=(0, 4, 4, 8))
 
+# cpu_medium with one dense layer at 32x32, before the first transition: the
+# image's full resolution gets a 3x3 layer of its own, not just the stem.
+cpu_full_res = functools.partial(cpu_medium, blocks=(1, 4, 4, 4))
+
 # Test-size network: the reference's structure, a few thousand parameters.
 tiny = functools.partial(
   DenseNet, blocks=(1, 1), growth_rate=4, stem_features=4
@@ -251,6 +255,7 @@ PRESETS = {
   "cpu_medium": cpu_medium,
   "cpu_wide_stem": cpu_wide_stem,
   "cpu_deep_tail": cpu_deep_tail,
+  "cpu_full_res": cpu_full_res,
   "tiny": tiny,
 }
 
