@@ -30,6 +30,7 @@ def test_densenet_bc_100_k12_parameter_count():
     ("cpu_wide_stem", 459_658),
     ("cpu_deep_tail", 742_154),
     ("cpu_full_res", 467_978),
+    ("cpu_growth64", 1_592_554),
   ],
 )
 def test_cpu_presets_parameter_counts(preset, count):
