@@ -303,6 +303,17 @@ def flax_avg_pool_2x2(x):
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+def max_pool_2x2(x):
+  """nn.max_pool(x, (2, 2), strides=(2, 2)) as a reshape and a max (whose
+  gradient XLA:CPU computes several times faster than nn.max_pool's)."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def flax_max_pool_2x2(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
 class Impl(NamedTuple):
   """The layers a DenseNet is built from."""
 
@@ -310,6 +321,7 @@ class Impl(NamedTuple):
   conv: Any
   batch_norm: Any  # BatchNorm's signature: a map or a list of them, `relu`
   avg_pool_2x2: Callable
+  max_pool_2x2: Callable
   # A transition's 1x1 convolution and 2x2 average pooling are linear maps
   # acting on channels and on pixels: they commute. Pooling first gives the
   # same function with a quarter of the convolution's work.
@@ -317,7 +329,11 @@ class Impl(NamedTuple):
 
 
 IMPLS = {
-  "fast": Impl(Conv, BatchNorm, avg_pool_2x2, pool_before_conv=True),
+  "fast": Impl(
+    Conv, BatchNorm, avg_pool_2x2, max_pool_2x2, pool_before_conv=True
+  ),
   # nn.Conv's default padding is 'SAME' too.
-  "flax": Impl(nn.Conv, FlaxBatchNorm, flax_avg_pool_2x2, False),
+  "flax": Impl(
+    nn.Conv, FlaxBatchNorm, flax_avg_pool_2x2, flax_max_pool_2x2, False
+  ),
 }

@@ -66,14 +66,19 @@ class DenseBlock(nn.Module):
     return features
 
 
+POOLS = ("avg", "max")
+
+
 class Transition(nn.Module):
-  """BN-ReLU-conv1x1(floor(channels * reduction))-avgpool 2x2."""
+  """BN-ReLU-conv1x1(floor(channels * reduction))-pool 2x2, `pool` "avg"
+  (the paper's and the tutorial's) or "max"."""
 
   reduction: float
   norm: Any
   conv: Any = nn.Conv
   impl: layers.Impl = layers.IMPLS["flax"]
   dtype: Any = jnp.float32
+  pool: str = "avg"
 
   @nn.compact
   def __call__(self, x):
@@ -85,6 +90,8 @@ class Transition(nn.Module):
       dtype=self.dtype,
       name="conv",
     )
+    if self.pool == "max":
+      return self.impl.max_pool_2x2(conv(x))
     if self.impl.pool_before_conv:
       return conv(self.impl.avg_pool_2x2(x))
     return self.impl.avg_pool_2x2(conv(x))
@@ -102,6 +109,8 @@ class DenseNet(nn.Module):
     reduction: a transition keeps floor(channels * reduction) channels.
     transition_after_last: the tutorial puts a transition after every block,
       the last one too; the DenseNet paper does not.
+    transition_pool: "avg" (the paper's and the tutorial's) or "max": the
+      2x2 pooling of the transitions' 1x1 convolutions.
     num_classes: outputs of the classifier.
     stem_bn, stem_relu, stem_bias: the tutorial's stem is conv3x3 with bias,
       ReLU, then BatchNorm; the paper's DenseNet-BC stem is a bare conv.
@@ -122,6 +131,7 @@ class DenseNet(nn.Module):
   stem_features: int = 16
   reduction: float = 0.5
   transition_after_last: bool = True
+  transition_pool: str = "avg"
   num_classes: int = 10
   stem_bn: bool = True
   stem_relu: bool = True
@@ -136,6 +146,11 @@ class DenseNet(nn.Module):
     if self.impl not in layers.IMPLS:
       raise errors.UserError(
         f"unknown impl {self.impl!r}; choose one of {sorted(layers.IMPLS)}"
+      )
+    if self.transition_pool not in POOLS:
+      raise errors.UserError(
+        f"unknown transition_pool {self.transition_pool!r}; choose one of "
+        f"{POOLS}"
       )
     impl = layers.IMPLS[self.impl]
     conv = functools.partial(impl.conv, kernel_init=self.kernel_init)
@@ -179,7 +194,13 @@ class DenseNet(nn.Module):
       x = DenseBlock(num_layers, layer, name=f"block{b}")(x)
       if b < len(self.blocks) - 1 or self.transition_after_last:
         x = Transition(
-          self.reduction, norm, conv, impl, self.dtype, name=f"transition{b}"
+          self.reduction,
+          norm,
+          conv,
+          impl,
+          self.dtype,
+          self.transition_pool,
+          name=f"transition{b}",
         )(x)
     x = norm(relu=True, name="final_bn")(x)
     x = jnp.mean(x, axis=(1, 2))
@@ -249,6 +270,10 @@ cpu_full_res = functools.partial(cpu_medium, blocks=(1, 4, 4, 4))
 # 1,592,554 parameters.
 cpu_growth64 = functools.partial(cpu_medium, growth_rate=64)
 
+# cpu_medium whose transitions max-pool their 1x1 convolutions' outputs, as
+# airbench's network max-pools its convolutions'. 420,458 parameters.
+cpu_medium_max = functools.partial(cpu_medium, transition_pool="max")
+
 # Test-size network: the reference's structure, a few thousand parameters.
 tiny = functools.partial(
   DenseNet, blocks=(1, 1), growth_rate=4, stem_features=4
@@ -263,6 +288,7 @@ PRESETS = {
   "cpu_deep_tail": cpu_deep_tail,
   "cpu_full_res": cpu_full_res,
   "cpu_growth64": cpu_growth64,
+  "cpu_medium_max": cpu_medium_max,
   "tiny": tiny,
 }
 

@@ -129,7 +129,10 @@ BC_LIKE = dict(
 )
 
 
-@pytest.mark.parametrize("overrides", [SMALL, BC_LIKE])
+MAX_POOL = dict(SMALL, transition_pool="max")
+
+
+@pytest.mark.parametrize("overrides", [SMALL, BC_LIKE, MAX_POOL])
 def test_fast_model_matches_flax_model(overrides):
   """Same variables; same logits, gradients and batch statistics in training
   mode, same logits in eval mode."""

@@ -1,3 +1,5 @@
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,7 @@ def test_densenet_bc_100_k12_parameter_count():
     ("cpu_deep_tail", 742_154),
     ("cpu_full_res", 467_978),
     ("cpu_growth64", 1_592_554),
+    ("cpu_medium_max", 420_458),
   ],
 )
 def test_cpu_presets_parameter_counts(preset, count):
@@ -116,6 +119,31 @@ def test_bfloat16_computes_in_bfloat16_keeps_float32_params():
 def test_unknown_preset_is_a_clear_error():
   with pytest.raises(errors.UserError, match="unknown model preset 'resnet'"):
     models.create_model("resnet")
+
+
+def test_unknown_pooling_is_a_clear_error():
+  model = models.create_model("tiny", transition_pool="median")
+  with pytest.raises(errors.UserError, match="unknown transition_pool 'me"):
+    model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+
+
+def test_max_pooling_takes_the_maximum_of_the_transition_conv():
+  """The transition max-pools its 1x1 convolution's output (not its input,
+  which would be cheaper but another function)."""
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6))
+  norm = functools.partial(
+    layers.BatchNorm, use_running_average=True, epsilon=0.0
+  )
+  transition = models.Transition(
+    0.5, norm, layers.Conv, layers.IMPLS["fast"], pool="max"
+  )
+  variables = transition.init(jax.random.key(1), x)
+  kernel = variables["params"]["conv"]["kernel"][0, 0]  # fresh BN: identity
+  conv = jnp.einsum("bhwc,co->bhwo", jax.nn.relu(x), kernel)
+  expected = conv.reshape(2, 4, 2, 4, 2, 3).max(axis=(2, 4))
+  np.testing.assert_allclose(
+    transition.apply(variables, x), expected, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_summary_lists_blocks_and_total():
