@@ -271,7 +271,8 @@ cpu_full_res = functools.partial(cpu_medium, blocks=(1, 4, 4, 4))
 cpu_growth64 = functools.partial(cpu_medium, growth_rate=64)
 
 # cpu_medium whose transitions max-pool their 1x1 convolutions' outputs, as
-# airbench's network max-pools its convolutions'. 420,458 parameters.
+# airbench's network max-pools its convolutions': better epoch for epoch,
+# 16% slower, level with cpu_medium after an hour. 420,458 parameters.
 cpu_medium_max = functools.partial(cpu_medium, transition_pool="max")
 
 # Test-size network: the reference's structure, a few thousand parameters.
