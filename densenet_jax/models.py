@@ -141,8 +141,8 @@ class DenseNet(nn.Module):
   bn_axis_name: str | None = None
   impl: str = "fast"
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
+  def _checked_impl(self) -> layers.Impl:
+    """The layers of `impl`; a UserError for an unknown impl or pooling."""
     if self.impl not in layers.IMPLS:
       raise errors.UserError(
         f"unknown impl {self.impl!r}; choose one of {sorted(layers.IMPLS)}"
@@ -152,7 +152,11 @@ class DenseNet(nn.Module):
         f"unknown transition_pool {self.transition_pool!r}; choose one of "
         f"{POOLS}"
       )
-    impl = layers.IMPLS[self.impl]
+    return layers.IMPLS[self.impl]
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    impl = self._checked_impl()
     conv = functools.partial(impl.conv, kernel_init=self.kernel_init)
     norm = functools.partial(
       impl.batch_norm,
