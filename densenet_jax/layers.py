@@ -6,11 +6,9 @@ built from either reads the other's checkpoints, and both compute the same
 function up to float rounding (tests/test_layers.py). The fast set differs
 only in how XLA is asked to compute it (measurements: experiments/README.md):
 
-- Conv: XLA:CPU differentiates a convolution into a kernel gradient that is
-  a full-image-window convolution over transposed activations, several times
-  slower than matrix products with the same math. A 1x1 kernel here runs as
-  a 2-D matrix product (whose gradients are 2-D products too); a larger
-  kernel as a convolution whose kernel gradient is `_kernel_grad`.
+- Conv: a 1x1 kernel runs as a 2-D matrix product (whose gradients are
+  2-D products too), not as a convolution; a larger kernel is XLA's
+  convolution.
 - BatchNorm: training-mode statistics, normalisation and an optional ReLU as
   one function with a hand-written gradient (`batch_norm_train`): two passes
   over the input forward and two backward, where autodiff of nn.BatchNorm and
@@ -27,77 +25,13 @@ import numpy as np
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-# Images per step of the kernel-gradient loop: chunks of about this many
-# pixels keep the shifted gradients in cache.
-_KERNEL_GRAD_CHUNK_PIXELS = 4096
 
 
-def _conv_same(x, kernel):
+def conv_same(x, kernel):
+  """lax.conv_general_dilated(x, kernel), stride 1, 'SAME', NHWC/HWIO."""
   return lax.conv_general_dilated(
     x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC
   )
-
-
-def _kernel_grad(x, g, kernel_size):
-  """d(loss)/d(kernel) of a stride-1 'SAME' convolution as matrix products.
-
-  dW[i, j, c, o] = sum over b, h, w of x[b, h, w, c] g[b, h + ph - i,
-  w + pw - j, o]: the kh * kw shifted copies of the output gradient side by
-  side, contracted with x over all pixels, one chunk of images at a time.
-  """
-  kh, kw = kernel_size
-  ph, pw = kh // 2, kw // 2
-  b, h, w, cin = x.shape
-  cout = g.shape[-1]
-  chunk = max(
-    d
-    for d in range(1, b + 1)
-    if b % d == 0 and (d == 1 or d * h * w <= _KERNEL_GRAD_CHUNK_PIXELS)
-  )
-
-  def chunk_grad(acc, xg):
-    xc, gc = xg
-    gp = jnp.pad(gc, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    shifted = jnp.concatenate(
-      [
-        gp[:, 2 * ph - i : 2 * ph - i + h, 2 * pw - j : 2 * pw - j + w]
-        for i in range(kh)
-        for j in range(kw)
-      ],
-      axis=-1,
-    )
-    return acc + jnp.dot(
-      xc.reshape(-1, cin).T,
-      shifted.reshape(-1, kh * kw * cout),
-      preferred_element_type=jnp.float32,
-    ), None
-
-  xs = x.reshape(b // chunk, chunk, h, w, cin)
-  gs = g.reshape(b // chunk, chunk, h, w, cout)
-  init = jnp.zeros((cin, kh * kw * cout), jnp.float32)
-  dw, _ = lax.scan(chunk_grad, init, (xs, gs))
-  return dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
-
-
-@jax.custom_vjp
-def conv_same(x, kernel):
-  """lax.conv_general_dilated(x, kernel, stride 1, 'SAME'), NHWC/HWIO, whose
-  kernel gradient is computed as matrix products (_kernel_grad)."""
-  return _conv_same(x, kernel)
-
-
-def _conv_same_fwd(x, kernel):
-  return _conv_same(x, kernel), (x, kernel)
-
-
-def _conv_same_bwd(res, g):
-  x, kernel = res
-  _, input_vjp = jax.vjp(lambda x: _conv_same(x, kernel), x)
-  dw = _kernel_grad(x, g, kernel.shape[:2])
-  return input_vjp(g)[0], dw.astype(kernel.dtype)
-
-
-conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
 class Conv(nn.Module):
@@ -125,10 +59,8 @@ class Conv(nn.Module):
     if tuple(self.kernel_size) == (1, 1):
       y = x.reshape(-1, x.shape[-1]) @ kernel[0, 0]
       y = y.reshape(x.shape[:-1] + (self.features,))
-    elif jax.default_backend() == "cpu":
+    else:
       y = conv_same(x, kernel)
-    else:  # measured on CPU only; GPUs keep XLA's (cuDNN's) kernel gradient
-      y = _conv_same(x, kernel)
     return y if bias is None else y + bias
 
 
