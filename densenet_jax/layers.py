@@ -68,9 +68,13 @@ def _channel_sums(x):
   return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
 
 
+def _over_devices(x, axis_name):
+  """The sum of x over the devices of `axis_name` (None: this one alone)."""
+  return x if axis_name is None else lax.psum(x, axis_name)
+
+
 def _count(x, axis_name):
-  n = x.size // x.shape[-1]
-  return n if axis_name is None else n * lax.psum(1, axis_name)
+  return x.size // x.shape[-1] * _over_devices(1, axis_name)
 
 
 def _map_stats(x, axis_name):
@@ -82,10 +86,8 @@ def _map_stats(x, axis_name):
   reads the map, so XLA computes them once per map, not once per layer."""
   n = _count(x, axis_name)
   x = x.astype(jnp.float32)
-  mean = _channel_sums(x)
-  mean = (mean if axis_name is None else lax.psum(mean, axis_name)) / n
-  var = _channel_sums(jnp.square(x - mean))
-  var = (var if axis_name is None else lax.psum(var, axis_name)) / n
+  mean = _over_devices(_channel_sums(x), axis_name) / n
+  var = _over_devices(_channel_sums(jnp.square(x - mean)), axis_name) / n
   return mean, var
 
 
@@ -156,10 +158,7 @@ def _bn_bwd(epsilon, relu, axis_name, res, cotangents):
       for x, gc, c in zip(xs, gs, chunks)
     ]
   )
-  if axis_name is None:
-    sum_g, sum_gxhat = dbias, dscale
-  else:
-    sum_g, sum_gxhat = lax.psum((dbias, dscale), axis_name)
+  sum_g, sum_gxhat = _over_devices((dbias, dscale), axis_name)
   n = _count(xs[0], axis_name)
   k1 = -rstd * sum_gxhat / n  # of u = a * (x - mean)
   k0 = -a * sum_g / n
