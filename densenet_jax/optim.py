@@ -7,7 +7,10 @@
   coupled ("l2": added to the gradient before momentum, as in the DenseNet
   paper's Torch code and PyTorch's `SGD(weight_decay=...)`) or decoupled
   ("decoupled": p -= lr * weight_decay * p beside the momentum step, as in
-  SGDW/AdamW), on conv and dense kernels only or on every parameter.
+  SGDW/AdamW), on conv and dense kernels only or on every parameter; the
+  steps of BatchNorm offsets can be scaled up (`bn_bias_lr_scale`) and
+  BatchNorm scales frozen at their initial 1 (`freeze_bn_scale`), as
+  airbench trains its BatchNorms.
 
 Every optimizer is wrapped in `optax.inject_hyperparams`, so the learning
 rate of the current step (a schedule's value) is in
@@ -25,6 +28,7 @@ Schedules (`lr_schedule`), each after `warmup_epochs` of linear warm-up from
 """
 
 import functools
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
@@ -43,6 +47,22 @@ def kernel_mask(params):
   """True for conv and dense kernels, False for BatchNorm scales/offsets and
   biases (all 1-D): weight decay on the latter only limits capacity."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def batch_norm_mask(params, name: str):
+  """True for the BatchNorm parameter `name` ("scale" or "bias") of every
+  module whose parameters are a scale and a bias (BatchNorm's)."""
+
+  def mask(tree):
+    norm = set(tree) == {"scale", "bias"}
+    return type(tree)(
+      {
+        k: mask(v) if isinstance(v, Mapping) else norm and k == name
+        for k, v in tree.items()
+      }
+    )
+
+  return mask(params)
 
 
 def learning_rate_schedule(config, steps_per_epoch: int):
@@ -128,14 +148,32 @@ def sgd(
   weight_decay: float,
   decoupled: bool,
   kernels_only: bool,
+  bn_bias_lr_scale: float = 1.0,
+  freeze_bn_scale: bool = False,
 ) -> optax.GradientTransformation:
-  """SGD with momentum and coupled or decoupled weight decay."""
+  """SGD with momentum and coupled or decoupled weight decay; the steps of
+  BatchNorm offsets (their weight decay included) times `bn_bias_lr_scale`,
+  BatchNorm scales never moved if `freeze_bn_scale`."""
   decay = optax.add_decayed_weights(
     weight_decay, kernel_mask if kernels_only else None
   )
   step = [optax.trace(decay=momentum, nesterov=nesterov)]
   step = step + [decay] if decoupled else [decay] + step
-  return optax.chain(*step, optax.scale_by_learning_rate(learning_rate))
+  step.append(optax.scale_by_learning_rate(learning_rate))
+  if bn_bias_lr_scale != 1:
+    step.append(
+      optax.masked(
+        optax.scale(bn_bias_lr_scale),
+        functools.partial(batch_norm_mask, name="bias"),
+      )
+    )
+  if freeze_bn_scale:
+    step.append(
+      optax.masked(
+        optax.set_to_zero(), functools.partial(batch_norm_mask, name="scale")
+      )
+    )
+  return optax.chain(*step)
 
 
 # The fields each optimizer and schedule reads: with the step count, the
@@ -148,6 +186,8 @@ _OPTIMIZER_FIELDS = {
     "weight_decay",
     "weight_decay_mode",
     "weight_decay_kernels_only",
+    "bn_bias_lr_scale",
+    "freeze_bn_scale",
   ),
 }
 _SCHEDULE_FIELDS = {
@@ -210,7 +250,14 @@ def _cached_optimizer(settings, steps_per_epoch: int):
       eps=settings.adam_eps,
     )
   return optax.inject_hyperparams(
-    sgd, static_args=("nesterov", "decoupled", "kernels_only")
+    sgd,
+    static_args=(
+      "nesterov",
+      "decoupled",
+      "kernels_only",
+      "bn_bias_lr_scale",
+      "freeze_bn_scale",
+    ),
   )(
     learning_rate=learning_rate,
     momentum=settings.momentum,
@@ -218,4 +265,6 @@ def _cached_optimizer(settings, steps_per_epoch: int):
     weight_decay=settings.weight_decay,
     decoupled=settings.weight_decay_mode == "decoupled",
     kernels_only=settings.weight_decay_kernels_only,
+    bn_bias_lr_scale=settings.bn_bias_lr_scale,
+    freeze_bn_scale=settings.freeze_bn_scale,
   )

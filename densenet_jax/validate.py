@@ -44,6 +44,7 @@ _NON_NEGATIVE_INTS = (
 _BOOLS = (
   "nesterov",
   "weight_decay_kernels_only",
+  "freeze_bn_scale",
   "tta_flip",
 )
 # name: (low, high, high included); low is always included.
@@ -52,6 +53,7 @@ _RANGES = {
   "adam_b2": (0.0, 1.0, False),
   "momentum": (0.0, 1.0, False),
   "weight_decay": (0.0, math.inf, False),
+  "bn_bias_lr_scale": (0.0, math.inf, False),
   "warmup_epochs": (0.0, math.inf, False),
   "final_lr_fraction": (0.0, 1.0, True),
   "label_smoothing": (0.0, 1.0, False),
@@ -158,6 +160,11 @@ def _optimizer(cfg) -> None:
       )
   if cfg.get("optimizer") == "adam" and cfg.get("weight_decay"):
     _fail(f"weight_decay={cfg.weight_decay} needs optimizer='sgd'")
+  if cfg.get("optimizer") == "adam":
+    if cfg.get("bn_bias_lr_scale", 1) != 1:
+      _fail(f"bn_bias_lr_scale={cfg.bn_bias_lr_scale} needs optimizer='sgd'")
+    if cfg.get("freeze_bn_scale"):
+      _fail("freeze_bn_scale=True needs optimizer='sgd'")
 
 
 def _augment(aug) -> None:

@@ -1,5 +1,7 @@
 """Schedules, weight decay and its mask, optimizer caching (no model runs)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,6 +127,36 @@ def test_coupled_decay_goes_through_momentum_decoupled_does_not():
     np.testing.assert_array_equal(updates["bias"], 0.0)  # masked out
   every = sgd_step("decoupled", False, zeros, params)
   np.testing.assert_allclose(every["bias"], -0.1 * 0.02, rtol=1e-6)
+
+
+def test_batch_norm_offsets_step_further_and_scales_can_stay_put():
+  model = models.create_model("tiny")
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  )["params"]
+  params = grads = jax.tree.map(lambda s: jnp.ones(s.shape), shapes)
+  settings = dict(optimizer="sgd", learning_rate=0.1, weight_decay=1e-3)
+  tx = optim.create_optimizer(schedule_config(**settings), SPE)
+  fast = optim.create_optimizer(
+    schedule_config(**settings, bn_bias_lr_scale=64.0, freeze_bn_scale=True),
+    SPE,
+  )
+  plain = tx.update(grads, tx.init(params), params)[0]
+  scaled = fast.update(grads, fast.init(params), params)[0]
+  ratios = {
+    jax.tree_util.keystr(path): float(s.ravel()[0] / p.ravel()[0])
+    for (path, s), p in zip(
+      jax.tree_util.tree_flatten_with_path(scaled)[0],
+      jax.tree.leaves(plain),
+      strict=True,
+    )
+  }
+  norm = re.compile(r"bn\d?'\]\['(bias|scale)'\]$")
+  expected = {"bias": 64.0, "scale": 0.0}
+  assert sum(bool(norm.search(k)) for k in ratios) == 16  # 8 BatchNorms
+  for name, ratio in ratios.items():
+    match = norm.search(name)
+    assert ratio == pytest.approx(expected[match[1]] if match else 1.0), name
 
 
 def test_equal_settings_give_the_identical_optimizer():

@@ -56,6 +56,11 @@ def no_work(monkeypatch):
     (["--config.adam_b2=1.0"], "adam_b2=1.0 must be >= 0.0 and < 1.0"),
     (["--config.adam_eps=0.0"], "adam_eps=0.0 must be a finite number > 0"),
     (
+      ["--config.bn_bias_lr_scale=64"],
+      "bn_bias_lr_scale=64.0 needs optimizer='sgd'",
+    ),
+    (["--config.freeze_bn_scale=True"], "freeze_bn_scale=True needs optim"),
+    (
       ["--config.tta_translate_px=-1"],
       "tta_translate_px=-1 must be an integer",
     ),
