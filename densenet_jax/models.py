@@ -141,6 +141,13 @@ class DenseNet(nn.Module):
   bn_axis_name: str | None = None
   impl: str = "fast"
 
+  @property
+  def downsampling(self) -> int:
+    """How many times smaller a side is at the end: each transition pools
+    2x2, so an image side must be a multiple of this."""
+    transitions = len(self.blocks) - (0 if self.transition_after_last else 1)
+    return 2**transitions
+
   def _checked_impl(self) -> layers.Impl:
     """The layers of `impl`; a UserError for an unknown impl or pooling."""
     if self.impl not in layers.IMPLS:

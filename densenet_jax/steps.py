@@ -68,14 +68,20 @@ def train_step(
   augment_config=None,
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
+  image_px: int = 0,
 ):
   """One optimisation step on a device's shard; collectives over AXIS.
   `augment_config`: augment.settings of the config, or None (no
-  augmentation); `ema_decay` is used only when the state has `ema`."""
+  augmentation); `ema_decay` is used only when the state has `ema`;
+  `image_px`: the model sees the (augmented) images scaled to that side
+  (bilinear, antialiased), 0: as they are."""
   images = models.scale_inputs(batch["image"])
   if augment_config is not None:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images = augment.augment_batch(key, images, augment_config, batch["index"])
+  if image_px:
+    n, _, _, c = images.shape
+    images = jax.image.resize(images, (n, image_px, image_px, c), "linear")
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
@@ -139,14 +145,16 @@ def eval_step(state: TrainState, batch: dict, tta=models.NO_TTA) -> dict:
   return jax.lax.psum(sums, AXIS)
 
 
-def make_steps_for(config):
+def make_steps_for(config, image_px: int = 0):
   """The pmapped train and eval steps of a config: its augmentation, label
-  smoothing, EMA decay and test-time augmentation."""
+  smoothing, EMA decay and test-time augmentation; the train step's images
+  scaled to `image_px` if given (progressive resizing)."""
   return make_steps(
     augment.settings(config.augment) if config.augment.enabled else None,
     config.label_smoothing,
     config.ema_decay,
     models.TTA.of(config),
+    image_px,
   )
 
 
@@ -155,21 +163,25 @@ def make_steps(
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
   tta=models.NO_TTA,
+  image_px: int = 0,
 ):
   """The pmapped train and eval steps; equal settings give the identical
   functions, so that runs in one process (tests, notebooks, resumes) share
   their compilations."""
-  return _cached_steps(augment_config, label_smoothing, ema_decay, tta)
+  return _cached_steps(
+    augment_config, label_smoothing, ema_decay, tta, image_px
+  )
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_steps(augment_config, label_smoothing, ema_decay, tta):
+def _cached_steps(augment_config, label_smoothing, ema_decay, tta, image_px):
   p_train = jax.pmap(
     functools.partial(
       train_step,
       augment_config=augment_config,
       label_smoothing=label_smoothing,
       ema_decay=ema_decay,
+      image_px=image_px,
     ),
     axis_name=AXIS,
     donate_argnums=(0,),

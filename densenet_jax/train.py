@@ -118,6 +118,12 @@ class _Run:
     )
     self.ckpt = checkpointing.Checkpoints(workdir)
     self.p_train, self.p_eval = steps.make_steps_for(config)
+    # Progressive resizing: a train step of its own for the low-res epochs.
+    self.p_train_low = (
+      steps.make_steps_for(config, config.low_res_px)[0]
+      if config.get("low_res_px")
+      else self.p_train
+    )
     self.reporter = (
       reporting.Reporter(workdir, title=f"{config.model} on {config.dataset}")
       if distributed.is_main_process()
@@ -161,7 +167,7 @@ class _Run:
     replicated = flax.jax_utils.replicate(self.state)
     epoch.compile_then_wait(
       config,
-      self.p_train,
+      self.train_step_of(len(record.history)),
       self.p_eval,
       replicated,
       splits,
@@ -175,7 +181,7 @@ class _Run:
             break
           replicated, stopped = epoch.train_epoch(
             config,
-            self.p_train,
+            self.train_step_of(len(record.history)),
             replicated,
             splits["train"],
             self.steps_per_epoch,
@@ -199,6 +205,13 @@ class _Run:
         f"{stop} received: saved step {int(self.state.step)} to "
         f"{self.ckpt.root / 'latest'}; run the same command to resume"
       ) from None
+
+  def train_step_of(self, epoch_index: int):
+    """The train step of an epoch (counted from 0): the low-res one for
+    the first low_res_epochs."""
+    if epoch_index < self.config.get("low_res_epochs", 0):
+      return self.p_train_low
+    return self.p_train
 
   def end_epoch(
     self, record: epoch.RunRecord, replicated, started: float

@@ -40,6 +40,8 @@ _NON_NEGATIVE_INTS = (
   "early_stopping_patience",
   "tta_translate_px",
   "test_every_epochs",
+  "low_res_px",
+  "low_res_epochs",
 )
 _BOOLS = (
   "nesterov",
@@ -132,6 +134,7 @@ def config(cfg, check_sizes: bool = True) -> None:
       in_range(key, cfg[key], *bounds)
   if "augment" in cfg:
     _augment(cfg.augment)
+  _low_res(cfg)
   if cfg.get("data_dir") is not None and not isinstance(cfg.data_dir, str):
     _fail(f"data_dir={cfg.data_dir!r} must be a path")
   if check_sizes:
@@ -165,6 +168,23 @@ def _optimizer(cfg) -> None:
       _fail(f"bn_bias_lr_scale={cfg.bn_bias_lr_scale} needs optimizer='sgd'")
     if cfg.get("freeze_bn_scale"):
       _fail("freeze_bn_scale=True needs optimizer='sgd'")
+
+
+def _low_res(cfg) -> None:
+  px, epochs = cfg.get("low_res_px", 0), cfg.get("low_res_epochs", 0)
+  if bool(px) != bool(epochs):
+    _fail(
+      f"low_res_px={px} and low_res_epochs={epochs} go together: both 0 "
+      "(off) or both positive"
+    )
+  if not px or cfg.get("model") not in models.PRESETS:
+    return
+  factor = models.PRESETS[cfg.model]().downsampling
+  if px % factor or px >= 32:
+    _fail(
+      f"low_res_px={px} must be a multiple of {factor} below 32: model "
+      f"{cfg.model} halves the image side {factor.bit_length() - 1} times"
+    )
 
 
 def _augment(aug) -> None:

@@ -1,5 +1,6 @@
 """Train step, eval, early stopping, checkpoints, interruption and resume."""
 
+import functools
 import json
 import os
 import signal
@@ -55,6 +56,47 @@ def test_eval_counts_every_example_once_with_a_padded_batch(
   assert result["count"] == 100
   np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
   np.testing.assert_allclose(result["accuracy"], expected_acc)
+
+
+def test_a_low_res_train_step_feeds_the_model_smaller_images(
+  smoke_config, dataset
+):
+  state = make_state(smoke_config, dataset)
+  seen = []
+
+  def apply_fn(variables, images, **kwargs):
+    seen.append(images.shape)
+    return state.apply_fn(variables, images, **kwargs)
+
+  stacked = jax.tree.map(
+    lambda x: np.asarray(x)[None], state.replace(apply_fn=apply_fn)
+  )
+  batch = next(data.train_batches(dataset.splits["train"], 32, 0, 0))
+  for image_px in (0, 16):
+    step = functools.partial(steps.train_step, image_px=image_px)
+    jax.eval_shape(
+      jax.vmap(step, axis_name=steps.AXIS), stacked, data.shard(batch, 1)
+    )
+  assert seen == [(32, 32, 32, 3), (32, 16, 16, 3)]
+
+
+def test_the_first_low_res_epochs_use_the_low_res_step(
+  smoke_config, dataset, tmp_path, monkeypatch
+):
+  smoke_config.update(num_epochs=3, low_res_px=16, low_res_epochs=2)
+  used = []
+  real = epoch.train_epoch
+
+  def spy(config, p_train, *args):
+    used.append(p_train)
+    return real(config, p_train, *args)
+
+  monkeypatch.setattr(epoch, "train_epoch", spy)
+  result = train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  low = steps.make_steps_for(smoke_config, 16)[0]
+  full = steps.make_steps_for(smoke_config)[0]
+  assert low is not full and used == [low, low, full]
+  assert result["epochs"] == 3 and np.isfinite(result["test_loss"])
 
 
 def test_batch_sizes_the_devices_cannot_split_are_refused(smoke_config):

@@ -60,6 +60,11 @@ def no_work(monkeypatch):
       "bn_bias_lr_scale=64.0 needs optimizer='sgd'",
     ),
     (["--config.freeze_bn_scale=True"], "freeze_bn_scale=True needs optim"),
+    (["--config.low_res_px=24"], "low_res_px=24 and low_res_epochs=0 go"),
+    (
+      ["--config.low_res_px=20", "--config.low_res_epochs=5"],
+      "low_res_px=20 must be a multiple of 8 below 32: model reference halves",
+    ),
     (
       ["--config.tta_translate_px=-1"],
       "tta_translate_px=-1 must be an integer",

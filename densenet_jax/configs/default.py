@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Eval also on the image moved this many pixels each way diagonally
   # (models.TTA); 0: off.
   config.tta_translate_px = 0
+  # Progressive resizing: the first low_res_epochs epochs train on the
+  # augmented images scaled down to low_res_px square (0, 0: off).
+  config.low_res_px = 0
+  config.low_res_epochs = 0
   config.batch_size = 128  # global batch, split over all devices
   config.eval_batch_size = 500
   config.num_epochs = 200
