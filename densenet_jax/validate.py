@@ -46,7 +46,6 @@ _NON_NEGATIVE_INTS = (
 _BOOLS = (
   "nesterov",
   "weight_decay_kernels_only",
-  "freeze_bn_scale",
   "tta_flip",
 )
 # name: (low, high, high included); low is always included.
@@ -161,13 +160,11 @@ def _optimizer(cfg) -> None:
         f"lr_step_fractions={fractions!r} must be fractions of the run, "
         "each > 0 and < 1"
       )
-  if cfg.get("optimizer") == "adam" and cfg.get("weight_decay"):
-    _fail(f"weight_decay={cfg.weight_decay} needs optimizer='sgd'")
   if cfg.get("optimizer") == "adam":
+    if cfg.get("weight_decay"):
+      _fail(f"weight_decay={cfg.weight_decay} needs optimizer='sgd'")
     if cfg.get("bn_bias_lr_scale", 1) != 1:
       _fail(f"bn_bias_lr_scale={cfg.bn_bias_lr_scale} needs optimizer='sgd'")
-    if cfg.get("freeze_bn_scale"):
-      _fail("freeze_bn_scale=True needs optimizer='sgd'")
 
 
 def _low_res(cfg) -> None:
@@ -181,7 +178,7 @@ def _low_res(cfg) -> None:
     return
   factor = models.PRESETS[cfg.model]().downsampling
   if px % factor or px >= 32:
-    _fail(
+    _fail(  # 32: the side of every data set's images
       f"low_res_px={px} must be a multiple of {factor} below 32: model "
       f"{cfg.model} halves the image side {factor.bit_length() - 1} times"
     )

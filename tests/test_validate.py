@@ -59,7 +59,6 @@ def no_work(monkeypatch):
       ["--config.bn_bias_lr_scale=64"],
       "bn_bias_lr_scale=64.0 needs optimizer='sgd'",
     ),
-    (["--config.freeze_bn_scale=True"], "freeze_bn_scale=True needs optim"),
     (["--config.low_res_px=24"], "low_res_px=24 and low_res_epochs=0 go"),
     (
       ["--config.low_res_px=20", "--config.low_res_epochs=5"],

@@ -56,9 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 0.0
   config.weight_decay_mode = "l2"
   config.weight_decay_kernels_only = True  # spare BatchNorm and biases
-  # sgd only: BatchNorm offsets' step times this; BatchNorm scales kept at 1.
-  config.bn_bias_lr_scale = 1.0
-  config.freeze_bn_scale = False
+  config.bn_bias_lr_scale = 1.0  # sgd only: BatchNorm offsets' step factor
   # Schedule: constant, step, cosine or onecycle, after a linear warm-up.
   config.lr_schedule = "constant"
   config.warmup_epochs = 0.0
