@@ -33,7 +33,11 @@ Beyond the tutorial, for the paper's and fast recipes (0 turns each off):
   then cropped back to its size at a uniform random offset (the DenseNet
   paper's "random crop" with 4-pixel padding), before the flip;
 - `cutout_size_px`: a square of that side, centred on a uniform random pixel
-  and clipped at the borders, set to 0 (DeVries & Taylor, 2017), last.
+  and clipped at the borders, set to 0 (DeVries & Taylor, 2017), last;
+- `alternating_flips`: each image's flip is not drawn per step but given
+  with the batch (data.train_batches' `flip`: random in the first epoch,
+  then the opposite of the epoch before), so that every pair of epochs
+  shows each image both ways (airbench's alternating flip).
 
 With all of Keras' ranges at 0 the affine resampling is skipped.
 
@@ -58,10 +62,11 @@ AFFINE_FIELDS = (
 
 def settings(section) -> ml_collections.FrozenConfigDict:
   """A config's `augment` section, frozen: hashable, for the compiled steps'
-  cache key. A section written before crops and cutout existed gets them
-  off (0)."""
+  cache key. A section written before crops, cutout and alternating flips
+  existed gets them off."""
   return ml_collections.FrozenConfigDict(
-    {"crop_padding_px": 0, "cutout_size_px": 0} | dict(section)
+    {"crop_padding_px": 0, "cutout_size_px": 0, "alternating_flips": False}
+    | dict(section)
   )
 
 
@@ -168,9 +173,10 @@ def cutout(key, image, size: int):
   return jnp.where(inside[..., None], jnp.zeros_like(image), image)
 
 
-def augment_image(key, image, config):
+def augment_image(key, image, config, flip=None):
   """One random transform of one float (H, W, C) image: ImageDataGenerator's,
-  then crop, flip and cutout as configured."""
+  then crop, flip and cutout as configured; `flip`, if given, replaces the
+  random flip (still only with horizontal_flip)."""
   height, width = image.shape[:2]
   p = random_transform(key, config, height, width)
   if has_affine(config):
@@ -181,15 +187,21 @@ def augment_image(key, image, config):
   if config.crop_padding_px:
     crop_key = jax.random.fold_in(key, 1)
     image = random_crop(crop_key, image, config.crop_padding_px)
+  if flip is not None:
+    p["flip"] = flip.astype(bool) & config.horizontal_flip
   image = jnp.where(p["flip"], image[:, ::-1], image)
   if config.cutout_size_px:
     image = cutout(jax.random.fold_in(key, 2), image, config.cutout_size_px)
   return image
 
 
-def augment_batch(key, images, config, indices=None):
-  """Augments (N, H, W, C) images; image i uses fold_in(key, indices[i])."""
+def augment_batch(key, images, config, indices=None, flips=None):
+  """Augments (N, H, W, C) images; image i uses fold_in(key, indices[i]),
+  and flips[i] for its flip if flips are given."""
   if indices is None:
     indices = jnp.arange(images.shape[0])
   keys = jax.vmap(jax.random.fold_in, (None, 0))(key, indices)
-  return jax.vmap(augment_image, (0, 0, None))(keys, images, config)
+  flip_axis = None if flips is None else 0
+  return jax.vmap(augment_image, (0, 0, None, flip_axis))(
+    keys, images, config, flips
+  )

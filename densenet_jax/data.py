@@ -338,9 +338,14 @@ def train_batches(
   The order depends only on (seed, epoch), so a resumed run sees exactly the
   batches an uninterrupted one would, whatever the process count. Each batch
   carries `index`, the example's position in the global batch, which keys its
-  augmentation: the same example is augmented the same way on any topology.
+  augmentation: the same example is augmented the same way on any topology,
+  and `flip`, for alternating flips: a random bit per example in epoch 0,
+  flipped in every later epoch.
   """
   order = np.random.default_rng([seed, epoch]).permutation(len(split))
+  # A stream of its own ([seed], not [seed, epoch]): the same in every epoch.
+  first_flips = np.random.default_rng([seed]).integers(0, 2, len(split))
+  flips = (first_flips ^ (epoch % 2)).astype(np.uint8)
   num_steps = num_steps or steps_per_epoch(len(split), batch_size)
   rows = _process_slice(batch_size, process_index, process_count)
   positions = np.arange(batch_size, dtype=np.int32)[rows]
@@ -351,6 +356,7 @@ def train_batches(
       "image": split.images[idx],
       "label": split.labels[idx],
       "index": positions,
+      "flip": flips[idx],
     }
 
 

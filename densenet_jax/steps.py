@@ -78,7 +78,10 @@ def train_step(
   images = models.scale_inputs(batch["image"])
   if augment_config is not None:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    images = augment.augment_batch(key, images, augment_config, batch["index"])
+    flips = batch["flip"] if augment_config.alternating_flips else None
+    images = augment.augment_batch(
+      key, images, augment_config, batch["index"], flips
+    )
   if image_px:
     n, _, _, c = images.shape
     images = jax.image.resize(images, (n, image_px, image_px, c), "linear")

@@ -68,7 +68,7 @@ _AUGMENT_RANGES = {
   "zoom_range": (0.0, 1.0, False),
 }
 _AUGMENT_INTS = ("crop_padding_px", "cutout_size_px")
-_AUGMENT_BOOLS = ("enabled", "horizontal_flip")
+_AUGMENT_BOOLS = ("enabled", "horizontal_flip", "alternating_flips")
 
 
 def _fail(message: str):
@@ -194,6 +194,8 @@ def _augment(aug) -> None:
   for key in _AUGMENT_BOOLS:
     if key in aug and not isinstance(aug[key], bool):
       _fail(f"augment.{key}={aug[key]!r} must be True or False")
+  if aug.get("alternating_flips") and not aug.get("horizontal_flip"):
+    _fail("augment.alternating_flips=True needs augment.horizontal_flip=True")
 
 
 def split_sizes(cfg) -> None:

@@ -121,6 +121,19 @@ def test_flip_only_flips_and_is_an_involution(images):
   np.testing.assert_array_equal(twice, images)
 
 
+def test_given_flips_replace_the_random_ones(images):
+  flips = jnp.arange(len(images)) % 3 == 0
+  for config, flipped in (
+    (settings(**NO_AFFINE), flips),
+    (settings(**NO_AFFINE, horizontal_flip=False), jnp.zeros_like(flips)),
+  ):
+    out = augment_batch(jax.random.key(3), images, config, None, flips)
+    expected = jnp.where(
+      flipped[:, None, None, None], images[:, :, ::-1], images
+    )
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_shape_dtype_and_range_hold(images):
   out = augment_batch(jax.random.key(4), images, REFERENCE)
   assert out.shape == images.shape and out.dtype == images.dtype

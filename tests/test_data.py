@@ -59,6 +59,22 @@ def test_train_batches_shuffle_per_epoch_and_reproduce():
   np.testing.assert_array_equal(resumed[0], epoch0[2])
 
 
+def test_train_batches_flip_each_example_in_every_other_epoch():
+  split = make_split(100)  # labels 0..99 name the examples
+
+  def flips(epoch, seed=1):
+    by_example = {}
+    for b in data.train_batches(split, 20, seed=seed, epoch=epoch):
+      by_example.update(zip(b["label"].tolist(), b["flip"].tolist()))
+    return np.array([by_example[i] for i in range(100)])
+
+  first, second, third = flips(0), flips(1), flips(2)
+  assert 30 < first.sum() < 70  # random in the first epoch
+  np.testing.assert_array_equal(second, 1 - first)
+  np.testing.assert_array_equal(third, first)
+  assert not np.array_equal(first, flips(0, seed=2))
+
+
 def test_eval_batches_count_every_example_once():
   split = make_split(10)
   batches = list(data.eval_batches(split, 4))

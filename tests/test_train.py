@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from densenet_jax import (
+  augment,
   checkpointing,
   data,
   epoch,
@@ -78,6 +79,31 @@ def test_a_low_res_train_step_feeds_the_model_smaller_images(
       jax.vmap(step, axis_name=steps.AXIS), stacked, data.shard(batch, 1)
     )
   assert seen == [(32, 32, 32, 3), (32, 16, 16, 3)]
+
+
+def test_alternating_flips_take_the_batch_flips(
+  smoke_config, dataset, monkeypatch
+):
+  state = make_state(smoke_config, dataset)
+  stacked = jax.tree.map(lambda x: np.asarray(x)[None], state)
+  batch = next(data.train_batches(dataset.splits["train"], 32, 0, 0))
+  given = []
+  real = augment.augment_batch
+
+  def spy(key, images, config, indices=None, flips=None):
+    given.append(None if flips is None else flips.shape)
+    return real(key, images, config, indices, flips)
+
+  monkeypatch.setattr(augment, "augment_batch", spy)
+  for alternating in (False, True):
+    settings = augment.settings(
+      smoke_config.augment.to_dict() | {"alternating_flips": alternating}
+    )
+    step = functools.partial(steps.train_step, augment_config=settings)
+    jax.eval_shape(
+      jax.vmap(step, axis_name=steps.AXIS), stacked, data.shard(batch, 1)
+    )
+  assert given == [None, (32,)]
 
 
 def test_the_first_low_res_epochs_use_the_low_res_step(

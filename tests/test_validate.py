@@ -75,6 +75,13 @@ def no_work(monkeypatch):
     (["--config.steps_per_epoch=0"], "steps_per_epoch=0 must be a positive"),
     (["--config.augment.zoom_range=-1"], "augment.zoom_range=-1.0 must be"),
     (["--config.augment.cutout_size_px=-2"], "augment.cutout_size_px=-2"),
+    (
+      [
+        "--config.augment.alternating_flips=True",
+        "--config.augment.horizontal_flip=False",
+      ],
+      "augment.alternating_flips=True needs augment.horizontal_flip=True",
+    ),
     (["--config.lr_step_fractions=(0.5, 2)"], "lr_step_fractions=(0.5, 2)"),
     (["--config.val_size=50000"], "val_size=50000 must be between 1 and 49999"),
     (["--config.nosuch=3"], "unknown config key 'nosuch'; known: adam_b1"),

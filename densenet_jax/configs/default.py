@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   # this many pixels per side, and a cutout square of this side, in pixels.
   config.augment.crop_padding_px = 0
   config.augment.cutout_size_px = 0
+  # Each image flipped in every other epoch (from a random first epoch)
+  # rather than at random in each; only with horizontal_flip.
+  config.augment.alternating_flips = False
 
   # Optimisation: Adam with Keras' defaults (see densenet_jax/optim.py).
   config.optimizer = "adam"  # adam or sgd
