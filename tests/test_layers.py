@@ -95,6 +95,23 @@ def test_batch_norm_over_a_named_axis_matches_flax():
   assert_trees_close(case(layers.FlaxBatchNorm), case(layers.BatchNorm))
 
 
+@pytest.mark.parametrize(
+  "fast,ref",
+  [
+    (layers.avg_pool_2x2, layers.flax_avg_pool_2x2),
+    (layers.max_pool_2x2, layers.flax_max_pool_2x2),
+  ],
+)
+def test_pools_match_flax(fast, ref):
+  """Values and gradients, on a map whose height and width differ."""
+  x = jax.random.normal(jax.random.key(0), (3, 8, 6, 5))
+  cotangent = jax.random.normal(jax.random.key(1), (3, 4, 3, 5))
+  want, want_vjp = jax.vjp(ref, x)
+  got, got_vjp = jax.vjp(fast, x)
+  assert_trees_close(want, got, rtol=1e-6)
+  assert_trees_close(want_vjp(cotangent), got_vjp(cotangent), rtol=1e-6)
+
+
 # Two layers per block exercise the concatenation; a BC-like stem none.
 SMALL = dict(blocks=(2, 2), growth_rate=6, stem_features=8)
 BC_LIKE = dict(
