@@ -201,7 +201,6 @@ class _Timers:
   run calls them (the train step donates, so later timers use its state)."""
 
   def __init__(self, args, config, split, state, augment_config):
-    import flax.jax_utils
     import jax
 
     from densenet_jax import data, steps
@@ -210,7 +209,7 @@ class _Timers:
     self.augment_config = augment_config
     self.n_dev = jax.local_device_count()
     self.p_train, self.p_eval = steps.make_steps(augment_config)
-    self.state = flax.jax_utils.replicate(state)
+    self.state = steps.replicate(state)
     self.batch = next(
       data.train_batches(split, config.batch_size, config.seed, epoch=0)
     )

@@ -164,7 +164,7 @@ class _Run:
     """The epochs still to run; on a signal, saves the latest state and
     raises Interrupted."""
     config, splits = self.config, self.dataset.splits
-    replicated = flax.jax_utils.replicate(self.state)
+    replicated = steps.replicate(self.state)
     epoch.compile_then_wait(
       config,
       self.train_step_of(len(record.history)),
@@ -240,7 +240,7 @@ class _Run:
     state = best[0] if best else self.state
     test = evaluate.evaluate_state(
       self.p_eval,
-      flax.jax_utils.replicate(state),
+      steps.replicate(state),
       self.dataset.splits["test"],
       self.config.eval_batch_size,
     )

@@ -3,7 +3,6 @@ the `reference` preset with the same weights, copied by import_keras: the
 same function in eval mode, the same loss and BatchNorm updates in training
 mode, close losses over 20 Adam steps, and the import_keras command."""
 
-import flax.jax_utils
 import h5py
 import jax
 import numpy as np
@@ -181,7 +180,7 @@ def trajectories(keras_model, h5_path, imported, batches):
     tx=optim.create_optimizer(configs.load("reference")),
     rng=jax.random.key_data(jax.random.key(0)),
   )
-  state = flax.jax_utils.replicate(state)
+  state = steps.replicate(state)
   train_step = jax.pmap(steps.train_step, axis_name=steps.AXIS)
   our_losses, our_stats = [], None
   for x, y in zip(images, labels):

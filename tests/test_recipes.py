@@ -4,7 +4,6 @@ averaging, schedules, per-epoch test scores; configs load and resume."""
 import os
 import signal
 
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,9 +62,7 @@ def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
   state = state.replace(ema=ema)
   split = dataset.splits["test"]
   _, p_eval = steps.make_steps(None, tta=models.TTA(flip=True))
-  result = evaluate.evaluate_state(
-    p_eval, flax.jax_utils.replicate(state), split, 100
-  )
+  result = evaluate.evaluate_state(p_eval, steps.replicate(state), split, 100)
   images = split.images / 255.0
   logits = (
     state.apply_fn(ema, images) + state.apply_fn(ema, images[:, :, ::-1])

@@ -2,10 +2,10 @@
 
 import functools
 import json
+import logging
 import os
 import signal
 
-import flax.jax_utils
 import jax
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ def make_state(config, dataset):
 
 def test_steps_on_a_fixed_batch_lower_the_loss(smoke_config, dataset):
   p_train, _ = steps.make_steps(None)
-  state = flax.jax_utils.replicate(make_state(smoke_config, dataset))
+  state = steps.replicate(make_state(smoke_config, dataset))
   batch = next(data.train_batches(dataset.splits["train"], 32, 0, 0))
   losses = []
   for _ in range(8):
@@ -39,15 +39,31 @@ def test_steps_on_a_fixed_batch_lower_the_loss(smoke_config, dataset):
   assert int(state.step[0]) == 8
 
 
+def test_a_run_compiles_its_train_and_eval_steps_once_each(
+  smoke_config, dataset, tmp_path, monkeypatch, caplog
+):
+  """The state as first placed on the devices, as each step returns it and
+  as restored for the final test share one compilation of each step (step
+  functions of this test's own, so that no other test compiled them)."""
+  fresh = functools.lru_cache(steps._cached_steps.__wrapped__)
+  monkeypatch.setattr(steps, "_cached_steps", fresh)
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  compiled = [
+    r.getMessage()
+    for r in caplog.records
+    if r.getMessage().startswith("Finished XLA compilation of jit(_fun)")
+  ]
+  assert len(compiled) == 2, compiled
+
+
 def test_eval_counts_every_example_once_with_a_padded_batch(
   smoke_config, dataset
 ):
   _, p_eval = steps.make_steps(None)
   state = make_state(smoke_config, dataset)
   split = dataset.splits["test"]  # 100 examples, batches of 48: 48+48+4
-  result = evaluate.evaluate_state(
-    p_eval, flax.jax_utils.replicate(state), split, 48
-  )
+  result = evaluate.evaluate_state(p_eval, steps.replicate(state), split, 48)
   logits = state.apply_fn(
     {"params": state.params, "batch_stats": state.batch_stats},
     split.images / 255.0,
