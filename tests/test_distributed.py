@@ -28,8 +28,10 @@ ARGS = [
 
 
 def launch(workdir, devices, *extra):
+  flags = os.environ.get("XLA_FLAGS", "")
   env = dict(
-    os.environ, XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices}")
+    os.environ,
+    XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}",
   )
   env.pop("JAX_COORDINATOR_ADDRESS", None)
   return subprocess.Popen(
