@@ -27,14 +27,20 @@ def defaults() -> dict:
   return dict(CPU_FLAGS) if version.startswith(TESTED_JAXLIB) else {}
 
 
-def apply_defaults(environ=os.environ) -> dict:
-  """Adds the default flags the user has not set to XLA_FLAGS; returns them.
+def add_flags(flags: dict, environ=os.environ) -> dict:
+  """Adds those of `flags` the user has not set to XLA_FLAGS; returns them.
 
   Takes effect only before JAX initialises its CPU backend (the first
-  computation), so entry points call it first thing."""
+  computation)."""
   current = environ.get("XLA_FLAGS", "")
-  added = {k: v for k, v in defaults().items() if f"--{k}=" not in current}
+  added = {k: v for k, v in flags.items() if f"--{k}=" not in current}
   if added:
     extra = " ".join(f"--{k}={v}" for k, v in added.items())
     environ["XLA_FLAGS"] = f"{current} {extra}".strip()
   return added
+
+
+def apply_defaults(environ=os.environ) -> dict:
+  """Adds the default flags the user has not set to XLA_FLAGS; returns them.
+  Entry points call it first thing (see add_flags)."""
+  return add_flags(defaults(), environ)

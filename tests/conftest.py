@@ -1,21 +1,16 @@
 """Shared fixtures: tiny synthetic CIFAR-shaped data and the smoke config."""
 
-import os
 import pathlib
+
+import pytest
+
+from densenet_jax import configs, data, xla_flags
 
 # The tests compile far more than they run: at XLA's backend optimisation
 # level 0 the reference network's train step compiles in about half the CPU
 # time (its steps run about 1.4x slower). Set before JAX starts its CPU
-# backend; the tests' subprocesses inherit it.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (
-    f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
-  )
-
-import pytest  # noqa: E402
-
-from densenet_jax import configs, data  # noqa: E402
+# backend (the first computation); the tests' subprocesses inherit it.
+xla_flags.add_flags({"xla_backend_optimization_level": "0"})
 
 
 def load_experiment(name: str):
