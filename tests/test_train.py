@@ -27,6 +27,32 @@ def make_state(config, dataset):
   return steps.create_train_state(config, model, (32, 32, 3))
 
 
+# Keras' glorot_uniform (the reference network's) draws the same bits; flax's
+# lecun_normal (a truncated normal: an inverse error function in float32)
+# may round its last bits otherwise.
+@pytest.mark.parametrize(
+  "kernel_init, rtol",
+  [(models.GLOROT_UNIFORM, 0.0), (models.LECUN_NORMAL, 1e-6)],
+)
+def test_the_initial_state_holds_what_the_optimised_initialiser_draws(
+  smoke_config, kernel_init, rtol
+):
+  """create_train_state compiles the initialiser without XLA's backend
+  optimisations (it runs once): the values of XLA's default level."""
+  model = models.create_model("tiny", kernel_init=kernel_init)
+  state = steps.create_train_state(smoke_config, model, (32, 32, 3))
+  optimised = jax.jit(
+    functools.partial(model.init, train=False),
+    compiler_options={"xla_backend_optimization_level": 3},
+  )(jax.random.key(smoke_config.seed), np.zeros((1, 32, 32, 3), np.float32))
+  got = {"params": state.params, "batch_stats": state.batch_stats}
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=0),
+    got,
+    dict(optimised),
+  )
+
+
 def test_steps_on_a_fixed_batch_lower_the_loss(smoke_config, dataset):
   p_train, _ = steps.make_steps(None)
   state = steps.replicate(make_state(smoke_config, dataset))
