@@ -74,6 +74,29 @@ def test_eval_uses_the_ema_weights_and_averages_flipped_logits(
   )
 
 
+def test_eval_in_chunks_gives_the_logits_of_the_whole_batch(
+  smoke_config, dataset
+):
+  """eval_logits chunk by chunk (lax.map, the default on a CPU), the last
+  chunk padded, with every test-time view: the whole batch's logits."""
+  state = tiny_state(smoke_config, dataset)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  images = dataset.splits["test"].images[:21]
+  tta = models.TTA(flip=True, translate_px=1)
+
+  def logits(x, chunk=None):
+    return models.eval_logits(state.apply_fn, variables, x, tta, chunk)
+
+  whole = jax.jit(logits, static_argnums=1)(images, 0)
+  chunked = jax.jit(logits, static_argnums=1)(images, 8)
+  assert chunked.shape == whole.shape == (21, dataset.num_classes)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+  # The tests run on a CPU: the default evaluates in chunks.
+  assert models.eval_chunk() == models.EVAL_CHUNK_CPU
+  assert "scan" in str(jax.make_jaxpr(logits)(images))
+  assert "scan" not in str(jax.make_jaxpr(logits, static_argnums=1)(images, 0))
+
+
 def test_translate_tta_averages_moved_images_and_their_mirrors():
   """Half the image's (mirror-averaged) logits, a quarter each of the image
   moved one pixel down-right and up-left, uncovered pixels 0."""
