@@ -87,8 +87,8 @@ def test_eval_in_chunks_gives_the_logits_of_the_whole_batch(
   def logits(x, chunk=None):
     return models.eval_logits(state.apply_fn, variables, x, tta, chunk)
 
-  whole = jax.jit(logits, static_argnums=1)(images, 0)
-  chunked = jax.jit(logits, static_argnums=1)(images, 8)
+  run = jax.jit(logits, static_argnums=1)
+  whole, chunked = run(images, 0), run(images, 8)
   assert chunked.shape == whole.shape == (21, dataset.num_classes)
   np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
   # The tests run on a CPU: the default evaluates in chunks.
