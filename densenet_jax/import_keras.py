@@ -206,10 +206,7 @@ def import_weights(h5_path, workdir) -> pathlib.Path:
   config = configs.load(PRESET)
   model = models.from_config(config, NUM_CLASSES)
   variables = load_h5(h5_path, model)  # fails before anything is written
-  state = steps.create_train_state(config, model, inference.IMAGE_SHAPE)
-  state = state.replace(
-    params=variables["params"], batch_stats=variables["batch_stats"]
-  )
+  state = steps.state_with_variables(config, model, variables)
   meta = {
     "history": [],
     "imported_from": {

@@ -3,6 +3,8 @@ the `reference` preset with the same weights, copied by import_keras: the
 same function in eval mode, the same loss and BatchNorm updates in training
 mode, close losses over 20 Adam steps, and the import_keras command."""
 
+import logging
+
 import h5py
 import jax
 import numpy as np
@@ -323,3 +325,17 @@ def test_an_existing_workdir_is_refused(h5_path, workdir, cli_error, unchanged):
   with unchanged(workdir):
     message = cli_error(import_keras.main, [h5_path, "--workdir", workdir])
   assert "not empty" in message
+
+
+def test_import_compiles_no_initialiser(h5_path, tmp_path, caplog):
+  """The imported weights replace everything an initialiser would draw, so
+  import_keras builds its state without compiling one (7 s here)."""
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    path = import_keras.main([str(h5_path), "--workdir", str(tmp_path / "w")])
+  assert path.exists()
+  compiled = [
+    r.getMessage()
+    for r in caplog.records
+    if r.getMessage().startswith("Finished XLA compilation")
+  ]
+  assert not [m for m in compiled if "init" in m], compiled

@@ -53,6 +53,33 @@ def test_the_initial_state_holds_what_the_optimised_initialiser_draws(
   )
 
 
+def test_a_state_of_given_variables_is_a_fresh_state_holding_them(
+  smoke_config,
+):
+  """state_with_variables (import_keras' state) is create_train_state's
+  with other variables: the same step, rng, optimizer state and EMA."""
+  smoke_config.ema_decay = 0.9
+  model = models.create_model("tiny")
+  fresh = steps.create_train_state(smoke_config, model, (32, 32, 3))
+  variables = jax.tree.map(
+    lambda x: x + 1.5,
+    {"params": fresh.params, "batch_stats": fresh.batch_stats},
+  )
+  state = steps.state_with_variables(smoke_config, model, variables)
+  want = fresh.replace(
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    ema=variables,
+  )
+  np.testing.assert_array_equal(state.rng, fresh.rng)
+  assert int(state.step) == 0
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    (state.params, state.batch_stats, state.opt_state, state.ema),
+    (want.params, want.batch_stats, want.opt_state, want.ema),
+  )
+
+
 def test_steps_on_a_fixed_batch_lower_the_loss(smoke_config, dataset):
   p_train, _ = steps.make_steps(None)
   state = steps.replicate(make_state(smoke_config, dataset))
