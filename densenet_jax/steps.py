@@ -49,11 +49,11 @@ def create_train_state(
 ) -> TrainState:
   """Fresh state; `steps_per_epoch` sizes the learning-rate schedule (any
   value will do for a template that only restores a checkpoint)."""
+  key = jax.random.key(config.seed)
   init = jax.jit(
     functools.partial(model.init, train=False),
     compiler_options=INIT_COMPILER_OPTIONS,
   )
-  key = jax.random.key(config.seed)
   variables = init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
   return state_with_variables(config, model, variables, steps_per_epoch)
 
