@@ -19,7 +19,6 @@ from densenet_jax import (
   import_keras,
   inference,
   models,
-  optim,
   steps,
   summary,
 )
@@ -174,13 +173,8 @@ def trajectories(keras_model, h5_path, imported, batches):
     keras_losses.append(float(model.train_on_batch(x / np.float32(255), y)))
     keras_stats = keras_stats or _bn_statistics(model)
 
-  variables = imported.variables
-  state = steps.TrainState.create(
-    apply_fn=imported.module.apply,
-    params=variables["params"],
-    batch_stats=variables["batch_stats"],
-    tx=optim.create_optimizer(configs.load("reference")),
-    rng=jax.random.key_data(jax.random.key(0)),
+  state = steps.state_with_variables(
+    configs.load("reference"), imported.module, imported.variables
   )
   state = steps.replicate(state)
   train_step = jax.pmap(steps.train_step, axis_name=steps.AXIS)
