@@ -58,6 +58,24 @@ def create_train_state(
   return state_with_variables(config, model, variables, steps_per_epoch)
 
 
+def train_state_shapes(
+  config, model, image_shape, steps_per_epoch: int = 1
+) -> TrainState:
+  """create_train_state's state with a ShapeDtypeStruct for each array,
+  computing and compiling nothing: a template to restore a checkpoint
+  into."""
+
+  def fresh():
+    variables = model.init(
+      jax.random.key(config.seed),
+      jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+      train=False,
+    )
+    return state_with_variables(config, model, variables, steps_per_epoch)
+
+  return jax.eval_shape(fresh)
+
+
 def state_with_variables(
   config, model, variables, steps_per_epoch: int = 1
 ) -> TrainState:

@@ -270,7 +270,7 @@ def latest_params(workdir, config, dataset):
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(
-  smoke_config, dataset, tmp_path, monkeypatch
+  smoke_config, dataset, tmp_path, monkeypatch, caplog
 ):
   full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
   expected = train.train_and_evaluate(smoke_config, full_dir, dataset)
@@ -294,8 +294,17 @@ def test_interrupted_run_resumes_to_the_same_parameters(
   assert not (cut_dir / "test_result.json").exists()
 
   monkeypatch.setattr(data, "train_batches", real_batches)
-  resumed = train.train_and_evaluate(smoke_config, cut_dir, dataset)
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    resumed = train.train_and_evaluate(smoke_config, cut_dir, dataset)
   assert resumed == expected
+  # The resumed state is restored into a template of shapes: no
+  # initialiser is compiled for a state the checkpoint replaces.
+  compiled = [
+    r.getMessage()
+    for r in caplog.records
+    if r.getMessage().startswith("Finished XLA compilation")
+  ]
+  assert not [m for m in compiled if "init" in m], compiled
   a, meta_a = latest_params(full_dir, smoke_config, dataset)
   b, meta_b = latest_params(cut_dir, smoke_config, dataset)
   jax.tree.map(
