@@ -49,13 +49,20 @@ def create_train_state(
 ) -> TrainState:
   """Fresh state; `steps_per_epoch` sizes the learning-rate schedule (any
   value will do for a template that only restores a checkpoint)."""
-  key = jax.random.key(config.seed)
   init = jax.jit(
     functools.partial(model.init, train=False),
     compiler_options=INIT_COMPILER_OPTIONS,
   )
-  variables = init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+  variables = init(*_init_inputs(config, image_shape))
   return state_with_variables(config, model, variables, steps_per_epoch)
+
+
+def _init_inputs(config, image_shape):
+  """The initialiser's key and its batch of one blank image."""
+  return (
+    jax.random.key(config.seed),
+    jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+  )
 
 
 def train_state_shapes(
@@ -66,11 +73,7 @@ def train_state_shapes(
   into."""
 
   def fresh():
-    variables = model.init(
-      jax.random.key(config.seed),
-      jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-      train=False,
-    )
+    variables = model.init(*_init_inputs(config, image_shape), train=False)
     return state_with_variables(config, model, variables, steps_per_epoch)
 
   return jax.eval_shape(fresh)

@@ -60,6 +60,16 @@ def trained_workdir(tmp_path_factory):
   return workdir
 
 
+def compilations(caplog) -> list:
+  """The "Finished XLA compilation" messages that `jax.log_compiles()` left
+  in `caplog` (captured at level WARNING)."""
+  return [
+    r.getMessage()
+    for r in caplog.records
+    if r.getMessage().startswith("Finished XLA compilation")
+  ]
+
+
 def tree_digest(path) -> dict:
   """Every file and folder under `path` with a hash of its bytes."""
   import hashlib

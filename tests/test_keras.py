@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import tf_keras as keras
-from conftest import load_experiment
+from conftest import compilations, load_experiment
 
 import densenet_jax
 from densenet_jax import (
@@ -327,9 +327,5 @@ def test_import_compiles_no_initialiser(h5_path, tmp_path, caplog):
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
     path = import_keras.main([str(h5_path), "--workdir", str(tmp_path / "w")])
   assert path.exists()
-  compiled = [
-    r.getMessage()
-    for r in caplog.records
-    if r.getMessage().startswith("Finished XLA compilation")
-  ]
+  compiled = compilations(caplog)
   assert not [m for m in compiled if "init" in m], compiled

@@ -9,6 +9,7 @@ import signal
 import jax
 import numpy as np
 import pytest
+from conftest import compilations
 
 from densenet_jax import (
   augment,
@@ -103,9 +104,9 @@ def test_a_run_compiles_its_train_and_eval_steps_once_each(
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
     train.train_and_evaluate(smoke_config, tmp_path, dataset)
   compiled = [
-    r.getMessage()
-    for r in caplog.records
-    if r.getMessage().startswith("Finished XLA compilation of jit(_fun)")
+    m
+    for m in compilations(caplog)
+    if m.startswith("Finished XLA compilation of jit(_fun)")
   ]
   assert len(compiled) == 2, compiled
 
@@ -299,11 +300,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(
   assert resumed == expected
   # The resumed state is restored into a template of shapes: no
   # initialiser is compiled for a state the checkpoint replaces.
-  compiled = [
-    r.getMessage()
-    for r in caplog.records
-    if r.getMessage().startswith("Finished XLA compilation")
-  ]
+  compiled = compilations(caplog)
   assert not [m for m in compiled if "init" in m], compiled
   a, meta_a = latest_params(full_dir, smoke_config, dataset)
   b, meta_b = latest_params(cut_dir, smoke_config, dataset)
