@@ -102,7 +102,8 @@ class DenseNet(nn.Module):
 
   Attributes:
     blocks: number of dense layers in each dense block.
-    growth_rate: channels each dense layer adds (k).
+    growth_rate: channels each dense layer adds (k): one number, or one per
+      block.
     bottleneck_width: the 1x1 bottleneck has `bottleneck_width * growth_rate`
       channels; 0 leaves out the bottleneck (plain DenseNet layers).
     stem_features: channels of the stem convolution.
@@ -126,7 +127,7 @@ class DenseNet(nn.Module):
   """
 
   blocks: Sequence[int] = (4, 8, 16)
-  growth_rate: int = 32
+  growth_rate: int | Sequence[int] = 32
   bottleneck_width: int = 2
   stem_features: int = 16
   reduction: float = 0.5
@@ -147,6 +148,17 @@ class DenseNet(nn.Module):
     2x2, so an image side must be a multiple of this."""
     transitions = len(self.blocks) - (0 if self.transition_after_last else 1)
     return 2**transitions
+
+  def growth_rates(self) -> tuple:
+    """The growth rate of each block."""
+    if isinstance(self.growth_rate, int):
+      return (self.growth_rate,) * len(self.blocks)
+    if len(self.growth_rate) != len(self.blocks):
+      raise errors.UserError(
+        f"growth_rate {tuple(self.growth_rate)} has {len(self.growth_rate)} "
+        f"entries for {len(self.blocks)} blocks"
+      )
+    return tuple(self.growth_rate)
 
   def _checked_impl(self) -> layers.Impl:
     """The layers of `impl`; a UserError for an unknown impl or pooling."""
@@ -193,15 +205,16 @@ class DenseNet(nn.Module):
     if self.stem_bn:
       x = norm(epsilon=STEM_BN_EPSILON, dtype=stem_dtype, name="stem_bn")(x)
     x = x.astype(self.dtype)
-    layer = functools.partial(
-      DenseLayer,
-      self.growth_rate,
-      self.bottleneck_width,
-      norm,
-      conv,
-      self.dtype,
-    )
+    growth_rates = self.growth_rates()
     for b, num_layers in enumerate(self.blocks):
+      layer = functools.partial(
+        DenseLayer,
+        growth_rates[b],
+        self.bottleneck_width,
+        norm,
+        conv,
+        self.dtype,
+      )
       x = DenseBlock(num_layers, layer, name=f"block{b}")(x)
       if b < len(self.blocks) - 1 or self.transition_after_last:
         x = Transition(
@@ -286,6 +299,18 @@ cpu_growth64 = functools.partial(cpu_medium, growth_rate=64)
 # 16% slower, level with cpu_medium after an hour. 420,458 parameters.
 cpu_medium_max = functools.partial(cpu_medium, transition_pool="max")
 
+# airbench's proportions as a DenseNet: few, wide dense layers (growth 32,
+# 64, 128 and 128 in blocks of 1, 2, 2 and 2 at 32x32, 16x16, 8x8 and 4x4,
+# so that the blocks end on 64, 160, 336 and 424 channels; airbench's network
+# is 64 and 256 wide) and max-pooling transitions, where cpu_medium has many
+# narrow layers. About twice cpu_medium's multiply-adds.
+cpu_air = functools.partial(
+  cpu_medium,
+  blocks=(1, 2, 2, 2),
+  growth_rate=(32, 64, 128, 128),
+  transition_pool="max",
+)
+
 # Test-size network: the reference's structure, a few thousand parameters.
 tiny = functools.partial(
   DenseNet, blocks=(1, 1), growth_rate=4, stem_features=4
@@ -301,6 +326,7 @@ PRESETS = {
   "cpu_full_res": cpu_full_res,
   "cpu_growth64": cpu_growth64,
   "cpu_medium_max": cpu_medium_max,
+  "cpu_air": cpu_air,
   "tiny": tiny,
 }
 

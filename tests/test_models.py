@@ -34,6 +34,7 @@ def test_densenet_bc_100_k12_parameter_count():
     ("cpu_full_res", 467_978),
     ("cpu_growth64", 1_592_554),
     ("cpu_medium_max", 420_458),
+    ("cpu_air", 1_029_546),
   ],
 )
 def test_cpu_presets_parameter_counts(preset, count):
@@ -125,6 +126,17 @@ def test_unknown_pooling_is_a_clear_error():
   model = models.create_model("tiny", transition_pool="median")
   with pytest.raises(errors.UserError, match="unknown transition_pool 'me"):
     model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+
+
+def test_growth_rate_per_block():
+  model = models.create_model("tiny", growth_rate=(4, 6))
+  x = jnp.ones((1, 8, 8, 3))
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
+  assert params["block0"]["layer0"]["conv2"]["kernel"].shape[-1] == 4
+  assert params["block1"]["layer0"]["conv2"]["kernel"].shape[-1] == 6
+  model = models.create_model("tiny", growth_rate=(4, 6, 8))
+  with pytest.raises(errors.UserError, match=r"\(4, 6, 8\) has 3 entries"):
+    model.init(jax.random.key(0), x)
 
 
 def test_max_pooling_takes_the_maximum_of_the_transition_conv():
