@@ -173,18 +173,9 @@ class DenseNet(nn.Module):
       )
     return layers.IMPLS[self.impl]
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    impl = self._checked_impl()
-    conv = functools.partial(impl.conv, kernel_init=self.kernel_init)
-    norm = functools.partial(
-      impl.batch_norm,
-      use_running_average=not train,
-      momentum=BN_MOMENTUM,
-      epsilon=KERAS_BN_EPSILON,
-      dtype=self.dtype,
-      axis_name=self.bn_axis_name if train else None,
-    )
+  def _stem(self, x, conv, norm):
+    """The stem convolution (with its ReLU and BatchNorm where the preset
+    has them) of the input images, in `dtype` at the end."""
     # The stem computes in float32 whatever `dtype`: training can drive its
     # conv's bias far above the spread of its outputs (to 20 against a
     # spread below 1 in a bfloat16 cpu_check run), which bfloat16's 8-bit
@@ -204,7 +195,21 @@ class DenseNet(nn.Module):
       x = nn.relu(x)
     if self.stem_bn:
       x = norm(epsilon=STEM_BN_EPSILON, dtype=stem_dtype, name="stem_bn")(x)
-    x = x.astype(self.dtype)
+    return x.astype(self.dtype)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    impl = self._checked_impl()
+    conv = functools.partial(impl.conv, kernel_init=self.kernel_init)
+    norm = functools.partial(
+      impl.batch_norm,
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=KERAS_BN_EPSILON,
+      dtype=self.dtype,
+      axis_name=self.bn_axis_name if train else None,
+    )
+    x = self._stem(x, conv, norm)
     growth_rates = self.growth_rates()
     for b, num_layers in enumerate(self.blocks):
       layer = functools.partial(
