@@ -4,7 +4,9 @@ Two managers, kept apart so that neither can delete what the other needs
 (orbax issue 526: best_fn with max_to_keep can drop the latest step):
 
 - `latest`: the newest state (end of each epoch, and on interruption), which
-  a restarted run resumes from;
+  a restarted run resumes from; with `keep_every_steps`, also every state
+  whose step is a multiple of it (the run's curve, scored after training:
+  `python -m densenet_jax.evaluate --kept`);
 - `best`: the state with the lowest validation loss so far, which the final
   test evaluation and `densenet_jax.evaluate` use.
 
@@ -50,13 +52,16 @@ def _state_dict(state) -> dict:
 class Checkpoints:
   """Saves and restores `latest` and `best` train states under a workdir."""
 
-  def __init__(self, workdir, read_only: bool = False):
+  def __init__(
+    self, workdir, read_only: bool = False, keep_every_steps: int = 0
+  ):
     self.root = pathlib.Path(workdir).absolute() / "checkpoints"
     self._managers = {
       kind: ocp.CheckpointManager(
         self.root / kind,
         options=ocp.CheckpointManagerOptions(
           max_to_keep=1,
+          keep_period=(keep_every_steps or None) if kind == "latest" else None,
           create=not read_only,
           read_only=read_only,
           cleanup_tmp_directories=not read_only,
@@ -158,10 +163,22 @@ def _read_only_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
   )
 
 
-def restore_variables(directory, expected: dict, what: str = "the model"):
+def kept_steps(directory) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, oldest first."""
+  with _quiet_orbax():
+    manager = _read_only_manager(pathlib.Path(directory).absolute())
+    try:
+      return sorted(manager.all_steps())
+    finally:
+      manager.close()
+
+
+def restore_variables(
+  directory, expected: dict, what: str = "the model", step: int | None = None
+):
   """Reads only `params` and `batch_stats` of the newest checkpoint in
-  `directory` (WORKDIR/checkpoints/best or latest), without the optimizer
-  state and without writing anything there.
+  `directory` (WORKDIR/checkpoints/best or latest), or of its `step`,
+  without the optimizer state and without writing anything there.
 
   `expected` holds the model's variables (arrays or ShapeDtypeStructs); a
   checkpoint with other names or shapes raises CheckpointError naming the
@@ -172,7 +189,12 @@ def restore_variables(directory, expected: dict, what: str = "the model"):
   with _quiet_orbax():
     manager = _read_only_manager(directory)
     try:
-      step = manager.latest_step()
+      if step is None:
+        step = manager.latest_step()
+      elif step not in manager.all_steps():
+        raise CheckpointError(
+          f"no complete checkpoint of step {step} in {directory}"
+        )
       if step is None:
         raise CheckpointError(
           f"no complete checkpoint in {directory} (an interrupted save "

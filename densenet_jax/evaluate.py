@@ -10,6 +10,14 @@ counts once: on the test split it reproduces the test_accuracy that training
 wrote to test_result.json. Writes {kind}_{split}.json and
 {kind}_{split}_confusion.png into WORKDIR/eval/ (or --output), never over
 the training artefacts.
+
+    python -m densenet_jax.evaluate --workdir runs/cpu90 --kept
+
+scores instead every checkpoint that training kept (keep_every_epochs) on
+the test split, after the run: the curve of test accuracy against wall time
+that test_every_epochs draws, without its scoring in the run's time.
+Writes kept_test.csv (the run's metrics, test columns filled for the kept
+epochs) and kept_test_curves.png.
 """
 
 import functools
@@ -20,8 +28,18 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
-from densenet_jax import cli, data, errors, inference, steps, validate
+from densenet_jax import (
+  checkpointing,
+  cli,
+  data,
+  errors,
+  inference,
+  reporting,
+  steps,
+  validate,
+)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
@@ -97,6 +115,36 @@ def evaluate(model: inference.Model, split: data.Split, batch_size: int):
   }
 
 
+def evaluate_kept(workdir, split: data.Split, batch_size: int) -> list[dict]:
+  """The history of the run in `workdir` (its newest checkpoint's) with
+  test_loss and test_accuracy, on `split`, for each epoch whose end
+  training kept a checkpoint of (keep_every_epochs), as training writes
+  them in the epochs it scores (test_every_epochs): the same weights and
+  eval, so the same numbers."""
+  where = inference.locate(workdir, "latest")
+  history, scored = [], {}
+  for step in tqdm(
+    checkpointing.kept_steps(where.checkpoints), desc="kept checkpoints"
+  ):
+    model = inference.load(where.workdir, "latest", step)
+    history = model.meta["history"]  # at the end: the newest checkpoint's
+    if model.meta.get("partial") or not history:
+      continue  # saved on an interruption mid-epoch: no epoch of its own
+    sums = sum_batches(
+      lambda batch, model=model: eval_sums(
+        model.module, model.variables, batch, model.num_classes, model.tta
+      ),
+      data.eval_batches(split, batch_size),
+    )
+    scored[history[-1]["epoch"]] = scores(sums)
+  rows = [dict(row) for row in history]
+  for row in rows:
+    if row["epoch"] in scored:
+      row["test_loss"] = scored[row["epoch"]]["loss"]
+      row["test_accuracy"] = scored[row["epoch"]]["accuracy"]
+  return rows
+
+
 def plot_confusion(confusion, class_names, path, title: str = "") -> None:
   """Counts per (true, predicted) class pair; the diagonal is correct."""
   import matplotlib
@@ -167,9 +215,24 @@ def parse_args(argv=None):
     "each way diagonally (default: the run's tta_translate_px)",
   )
   parser.add_argument(
+    "--kept",
+    action="store_true",
+    help="score every checkpoint training kept in checkpoints/latest "
+    "(keep_every_epochs) on the test split: kept_test.csv and "
+    "kept_test_curves.png, test accuracy against the run's wall time",
+  )
+  parser.add_argument(
     "--output", help="folder for the JSON and PNG (default: WORKDIR/eval)"
   )
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.kept and (
+    args.split != "test" or args.dataset or args.tta_translate_px is not None
+  ):
+    parser.error(
+      "--kept scores the test split as training does: no --split, "
+      "--dataset or --tta-translate-px with it"
+    )
+  return args
 
 
 def main(argv=None):
@@ -179,6 +242,8 @@ def main(argv=None):
 
 def _main(argv):
   args = parse_args(argv)
+  if args.kept:
+    return _score_kept(args)
   if args.dataset:
     validate.name("dataset", args.dataset)
   model = inference.load(args.workdir, args.checkpoint)
@@ -233,6 +298,43 @@ def _main(argv):
     ) from None
   print(f"wrote {out / stem}.json and {out / stem}_confusion.png")
   return result
+
+
+def _score_kept(args) -> list[dict]:
+  where = inference.locate(args.workdir, "latest")
+  config = inference.read_config(where.workdir)
+  dataset = data.load(
+    config.dataset,
+    args.data_dir or config.data_dir,
+    config.val_size,
+    config.train_size,
+  )
+  rows = evaluate_kept(
+    where.workdir,
+    dataset.splits["test"],
+    args.batch_size or config.eval_batch_size,
+  )
+  out = pathlib.Path(args.output) if args.output else where.workdir / "eval"
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    reporting.write_metrics_csv(out / "kept_test.csv", rows)
+    reporting.plot_curves(
+      rows,
+      out / "kept_test_curves.png",
+      f"{config.model} on {config.dataset}, kept checkpoints",
+    )
+  except OSError as err:
+    raise errors.UserError(
+      f"cannot write results to {out}: {err.strerror}; pass --output DIR"
+    ) from None
+  for row in rows:
+    if "test_accuracy" in row:
+      print(
+        f"epoch {row['epoch']} ({row['wall_time_s'] / 60:.1f} min): test "
+        f"accuracy {row['test_accuracy']:.4f}, loss {row['test_loss']:.4f}"
+      )
+  print(f"wrote {out / 'kept_test.csv'} and {out / 'kept_test_curves.png'}")
+  return rows
 
 
 def _print(result, class_names, trained) -> None:

@@ -179,9 +179,10 @@ class Model:
     return np.asarray(jax.nn.softmax(self.logits(images, batch_size), -1))
 
 
-def load(path, kind: str = "best") -> Model:
+def load(path, kind: str = "best", step: int | None = None) -> Model:
   """Loads the newest `kind` ("best" or "latest") checkpoint of a workdir
-  (or of the checkpoint folder given) with the config saved beside it."""
+  (or of the checkpoint folder given), or its `step`, with the config saved
+  beside it."""
   where = locate(path, kind)
   config = read_config(where.workdir)
   names = data.class_names(config.dataset)
@@ -195,7 +196,7 @@ def load(path, kind: str = "best") -> Model:
   if ema:  # training validated and tested the average: so do we
     expected = {"ema": expected}
   variables, meta, step_dir = checkpointing.restore_variables(
-    where.checkpoints, expected, what
+    where.checkpoints, expected, what, step
   )
   if ema:
     variables = variables["ema"]

@@ -117,7 +117,9 @@ class _Run:
       f"{jax.process_count()} process(es), {jax.device_count()} device(s) "
       f"({jax.devices()[0].platform}); global batch {config.batch_size}"
     )
-    self.ckpt = checkpointing.Checkpoints(workdir)
+    self.ckpt = checkpointing.Checkpoints(
+      workdir, keep_every_steps=config.keep_every_epochs * steps_per_epoch
+    )
     self.p_train, self.p_eval = steps.make_steps_for(config)
     # Progressive resizing: a train step of its own for the low-res epochs.
     self.p_train_low = (

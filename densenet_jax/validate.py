@@ -40,6 +40,7 @@ _NON_NEGATIVE_INTS = (
   "early_stopping_patience",
   "tta_translate_px",
   "test_every_epochs",
+  "keep_every_epochs",
   "low_res_px",
   "low_res_epochs",
 )

@@ -10,7 +10,11 @@ accuracy and the wall time at which the test accuracy first reached
 and copies of the run's config.json, metrics.csv, curves.png and
 test_result.json. With --time-limit, the command gets SIGTERM when the time
 is up (the trainer saves and stops; running it again resumes) and the
-partial run is recorded.
+partial run is recorded. With --score-kept, once the command has ended (out
+of its wall time), `python -m densenet_jax.evaluate --kept` scores the
+checkpoints the run kept (keep_every_epochs) on the test set, and their
+scores (kept_test.csv, kept_test_curves.png) stand for the test scores
+during training in result.json.
 """
 
 import argparse
@@ -103,6 +107,24 @@ def summarise(rows: list[dict], test: dict | None, target: float) -> dict:
   return summary
 
 
+def score_kept(workdir: pathlib.Path, out: pathlib.Path) -> list[dict]:
+  """Scores the run's kept checkpoints on test (after its timed command);
+  returns its history with their test scores, and copies their files."""
+  subprocess.run(
+    [sys.executable, "-m", "densenet_jax.evaluate", "--kept"]
+    + ["--workdir", str(workdir)],
+    check=False,
+  )
+  from densenet_jax import reporting
+
+  kept = workdir / "eval" / "kept_test.csv"
+  if not kept.exists():
+    return []
+  for name in ("kept_test.csv", "kept_test_curves.png"):
+    shutil.copy(workdir / "eval" / name, out / name)
+  return reporting.read_metrics_csv(kept)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--name", required=True, help="experiments/results/NAME")
@@ -110,6 +132,11 @@ def main():
   parser.add_argument("--target", type=float, default=0.9007)
   parser.add_argument("--time-limit", type=float, help="seconds, then SIGTERM")
   parser.add_argument("--results", default=str(ROOT / "experiments/results"))
+  parser.add_argument(
+    "--score-kept",
+    action="store_true",
+    help="score the kept checkpoints on test after the command",
+  )
   parser.add_argument("command", nargs=argparse.REMAINDER)
   args = parser.parse_args()
   command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -148,6 +175,8 @@ def main():
   config = json.loads(config_path.read_text()) if config_path.exists() else None
   start_time = datetime.datetime.fromtimestamp(started)
   rows = history(workdir)
+  if args.score_kept:
+    rows = score_kept(workdir, out) or rows
   samples = sampler.samples or [start_load[0]]
   result = {
     "name": args.name,
@@ -169,6 +198,7 @@ def main():
     # CPU seconds the run used / wall seconds: the cores it actually got.
     "cores_used_on_average": round(cpu_s / wall, 2),
     **summarise(rows, test, args.target),
+    "test_scored_after_the_run": args.score_kept,
     "config": config,
   }
   (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -55,6 +55,8 @@ def trained_workdir(tmp_path_factory):
 
   config = configs.load("smoke")
   config.dataset = "synthetic"
+  # Test scores during training, and the checkpoint of each epoch kept.
+  config.test_every_epochs = config.keep_every_epochs = 1
   workdir = tmp_path_factory.mktemp("trained")
   train.train_and_evaluate(config, workdir)
   return workdir

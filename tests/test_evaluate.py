@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from densenet_jax import evaluate
+from densenet_jax import checkpointing, evaluate, reporting
 
 
 def test_evaluate_equals_what_training_reported(trained_workdir, capsys):
@@ -65,6 +65,22 @@ def test_evaluate_with_more_test_time_views(trained_workdir, capsys):
   assert "training reported" not in capsys.readouterr().out
   saved = trained_workdir / "eval" / "best_test_translate2.json"
   assert json.loads(saved.read_text())["loss"] == result["loss"]
+
+
+def test_kept_checkpoints_score_what_training_scored(trained_workdir, capsys):
+  latest = trained_workdir / "checkpoints" / "latest"
+  assert checkpointing.kept_steps(latest) == [4, 8]  # both epochs' ends
+  rows = evaluate.main(["--workdir", str(trained_workdir), "--kept"])
+  in_run = reporting.read_metrics_csv(trained_workdir / "metrics.csv")
+  assert [row["epoch"] for row in rows] == [1, 2]
+  for row, trained in zip(rows, in_run):
+    assert row["test_accuracy"] == trained["test_accuracy"]
+    np.testing.assert_allclose(row["test_loss"], trained["test_loss"], 1e-6)
+    assert row["wall_time_s"] == trained["wall_time_s"]
+  out = trained_workdir / "eval"
+  assert reporting.read_metrics_csv(out / "kept_test.csv") == rows
+  assert (out / "kept_test_curves.png").stat().st_size
+  assert "epoch 2 (" in capsys.readouterr().out
 
 
 def _set_config(workdir, **changes):
@@ -136,6 +152,7 @@ def test_bad_workdirs_fail_clearly_and_change_nothing(
     (["--batch-size", "0"], "--batch-size: must be a positive integer, not 0"),
     (["--tta-translate-px", "-1"], "must be an integer >= 0, not -1"),
     (["--checkpoint", "worst"], "--checkpoint: invalid choice: 'worst'"),
+    (["--kept", "--split", "validation"], "--kept scores the test split"),
   ],
 )
 def test_bad_arguments_fail_clearly_and_change_nothing(

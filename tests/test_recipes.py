@@ -170,6 +170,7 @@ def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
 ):
   config = smoke_sized(configs.load("fast"))
   config.test_every_epochs = 2
+  config.keep_every_epochs = 1
   config.learning_rate = 0.05
   full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
   expected = train.train_and_evaluate(config, full_dir, dataset)
@@ -190,6 +191,9 @@ def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
   monkeypatch.setattr(data, "train_batches", real_batches)
   assert train.train_and_evaluate(config, cut_dir, dataset) == expected
 
+  # Each epoch's end is kept; the state saved on the interruption is not.
+  latest = cut_dir / "checkpoints" / "latest"
+  assert checkpointing.kept_steps(latest) == [4, 8]
   states = []
   for workdir in (full_dir, cut_dir):
     ckpt = checkpointing.Checkpoints(workdir, read_only=True)

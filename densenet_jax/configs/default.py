@@ -92,6 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
   # learning curve of test accuracy against wall time; model selection
   # still uses validation); 0: only the best checkpoint, at the end.
   config.test_every_epochs = 0
+  # Keep the latest checkpoint of every Nth epoch (0: only the newest), for
+  # `python -m densenet_jax.evaluate --kept` to score after training: the
+  # same curve as test_every_epochs, without its time in the run's.
+  config.keep_every_epochs = 0
   config.seed = 0
   config.log_every_steps = 10  # progress-bar refresh (each one syncs the host)
   return config
