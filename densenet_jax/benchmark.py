@@ -93,15 +93,33 @@ def _device_peak_mb(jax):
   return None if peak is None else peak / 2**20
 
 
-def cpu_model() -> str:
-  """The CPU's model name (Linux's /proc/cpuinfo, else platform's guess)."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU's model name (Linux's /proc/cpuinfo, else platform's guess),
+  with its family, model and widest vector instructions where Linux names
+  them: one cloud model name ("AMD EPYC") covers several generations."""
   try:
-    with open("/proc/cpuinfo") as f:
-      return next(
-        line.split(":", 1)[1].strip() for line in f if "model name" in line
-      )
-  except (OSError, StopIteration):
+    with open(cpuinfo) as f:
+      first_cpu = f.read().split("\n\n")[0]
+  except OSError:
     return platform.processor()
+  fields = {}
+  for line in first_cpu.splitlines():
+    key, _, value = line.partition(":")
+    fields[key.strip()] = value.strip()
+  if "model name" not in fields:
+    return platform.processor()
+  details = [
+    f"{label} {fields[key]}"
+    for key, label in (("cpu family", "family"), ("model", "model"))
+    if key in fields
+  ]
+  flags = fields.get("flags", "").split()
+  details += [name for flag, name in _VECTORS if flag in flags][:1]
+  name = fields["model name"]
+  return f"{name} ({', '.join(details)})" if details else name
+
+
+_VECTORS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
 
 
 def _environment(jax) -> dict:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -116,3 +117,22 @@ def test_cpu_peak_bounds_throughput_by_flops(tmp_path):
     result["matmul_gflop_s"] / result["train_gflop_per_image"]
   )
   assert json.loads(out.read_text()) == result
+
+
+def test_cpu_model_names_the_generation(tmp_path):
+  # Two generations behind one cloud model name: family, model, vectors.
+  cpuinfo = tmp_path / "cpuinfo"
+  for model, flags, vectors in (
+    ("1", "avx avx2", "AVX2"),
+    ("17", "avx2 avx512f", "AVX-512"),
+  ):
+    cpuinfo.write_text(
+      f"processor\t: 0\ncpu family\t: 25\nmodel\t\t: {model}\n"
+      f"model name\t: AMD EPYC\nflags\t\t: fpu {flags}\n\n"
+      "processor\t: 1\nmodel name\t: other\n"
+    )
+    assert benchmark.cpu_model(str(cpuinfo)) == (
+      f"AMD EPYC (family 25, model {model}, {vectors})"
+    )
+  cpuinfo.write_text("processor\t: 0\n")
+  assert benchmark.cpu_model(str(cpuinfo)) == platform.processor()
