@@ -165,6 +165,11 @@ def test_recipes_load_and_build_their_optimizers(name):
   assert steps.make_steps_for(config) == steps.make_steps_for(config)
 
 
+def test_cpu90_scores_test_after_its_run_not_within_it():
+  config = configs.load("cpu90")
+  assert config.test_every_epochs == 0 and config.keep_every_epochs == 3
+
+
 def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
   dataset, tmp_path, monkeypatch
 ):

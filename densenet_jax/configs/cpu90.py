@@ -37,5 +37,6 @@ def get_config():
   config.num_epochs = 38
   config.low_res_px = 24
   config.low_res_epochs = 19
+  config.test_every_epochs = 0  # cpu_check scores test after every epoch
   config.keep_every_epochs = 3
   return config
