@@ -125,7 +125,7 @@ def score_kept(workdir: pathlib.Path, out: pathlib.Path) -> list[dict]:
   return reporting.read_metrics_csv(kept)
 
 
-def main():
+def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--name", required=True, help="experiments/results/NAME")
   parser.add_argument("--workdir", required=True, help="the run's --workdir")
@@ -142,15 +142,12 @@ def main():
   command = args.command[1:] if args.command[:1] == ["--"] else args.command
   if not command:
     parser.error("give the command after --")
-  workdir = pathlib.Path(args.workdir)
-  out = pathlib.Path(args.results) / args.name
-  out.mkdir(parents=True, exist_ok=True)
+  return args, command
 
-  # The code that runs is the code of now, whatever changes meanwhile.
-  commit = git("rev-parse", "HEAD")
-  changed = git(
-    "status", "--porcelain", "--", "densenet_jax", ":(glob)experiments/*.*"
-  )
+
+def run_timed(command, time_limit):
+  """Runs `command` (SIGTERM after `time_limit` s); returns its return code,
+  whether the limit stopped it, its wall and CPU seconds, and the load."""
   sampler = LoadSampler()
   sampler.start()
   started = time.time()
@@ -158,7 +155,7 @@ def main():
   proc = subprocess.Popen(command)
   timed_out = False
   try:
-    proc.wait(timeout=args.time_limit)
+    proc.wait(timeout=time_limit)
   except subprocess.TimeoutExpired:
     timed_out = True
     proc.send_signal(signal.SIGTERM)  # the trainer saves and exits
@@ -168,6 +165,24 @@ def main():
   sampler.join()
   children = os.times()
   cpu_s = children.children_user + children.children_system
+  samples = sampler.samples or [start_load[0]]
+  return proc.returncode, timed_out, started, wall, cpu_s, start_load, samples
+
+
+def main():
+  args, command = parse_args()
+  workdir = pathlib.Path(args.workdir)
+  out = pathlib.Path(args.results) / args.name
+  out.mkdir(parents=True, exist_ok=True)
+
+  # The code that runs is the code of now, whatever changes meanwhile.
+  commit = git("rev-parse", "HEAD")
+  changed = git(
+    "status", "--porcelain", "--", "densenet_jax", ":(glob)experiments/*.*"
+  )
+  returncode, timed_out, started, wall, cpu_s, start_load, samples = run_timed(
+    command, args.time_limit
+  )
 
   test_path = workdir / "test_result.json"
   test = json.loads(test_path.read_text()) if test_path.exists() else None
@@ -177,11 +192,10 @@ def main():
   rows = history(workdir)
   if args.score_kept:
     rows = score_kept(workdir, out) or rows
-  samples = sampler.samples or [start_load[0]]
   result = {
     "name": args.name,
     "command": " ".join(command),
-    "returncode": proc.returncode,
+    "returncode": returncode,
     "stopped_at_time_limit": timed_out,
     "started": start_time.isoformat(" ", "seconds"),
     "wall_time_s": round(wall, 1),
@@ -207,7 +221,7 @@ def main():
       shutil.copy(workdir / name, out / name)
   shown = {k: v for k, v in result.items() if k != "config"}
   print(json.dumps(shown, indent=2))
-  sys.exit(proc.returncode if not timed_out else 0)
+  sys.exit(returncode if not timed_out else 0)
 
 
 if __name__ == "__main__":
