@@ -48,6 +48,13 @@ def eval_sums(module, variables, batch: dict, num_classes: int, tta) -> dict:
   return steps.eval_sums(module.apply, variables, batch, tta, num_classes)
 
 
+def model_sums(model: inference.Model, batch: dict) -> dict:
+  """eval_sums of a loaded model's views of one batch."""
+  return eval_sums(
+    model.module, model.variables, batch, model.num_classes, model.tta
+  )
+
+
 def sum_batches(sums_fn, batches) -> dict:
   """The sums `sums_fn` computes for each batch, added up and fetched to the
   host (which waits for the last batch)."""
@@ -87,11 +94,7 @@ def evaluate(model: inference.Model, split: data.Split, batch_size: int):
   """Scores of `model` on every image of `split`; images/s excludes the
   compilation, which a warm-up batch pays for (`compile_s`)."""
 
-  def sums(batch):
-    return eval_sums(
-      model.module, model.variables, batch, model.num_classes, model.tta
-    )
-
+  sums = functools.partial(model_sums, model)
   first = next(data.eval_batches(split, batch_size))
   start = time.perf_counter()
   jax.block_until_ready(sums(first))
@@ -131,10 +134,7 @@ def evaluate_kept(workdir, split: data.Split, batch_size: int) -> list[dict]:
     if model.meta.get("partial") or not history:
       continue  # saved on an interruption mid-epoch: no epoch of its own
     sums = sum_batches(
-      lambda batch, model=model: eval_sums(
-        model.module, model.variables, batch, model.num_classes, model.tta
-      ),
-      data.eval_batches(split, batch_size),
+      functools.partial(model_sums, model), data.eval_batches(split, batch_size)
     )
     scored[history[-1]["epoch"]] = scores(sums)
   rows = [dict(row) for row in history]

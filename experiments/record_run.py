@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 from densenet_jax import benchmark
 
@@ -78,8 +79,8 @@ class LoadSampler(threading.Thread):
       self.done.wait(self.every)
 
 
-def history(workdir: pathlib.Path) -> list[dict]:
-  path = workdir / "metrics.csv"
+def history(path: pathlib.Path) -> list[dict]:
+  """The rows of a metrics.csv (a run's, or kept_test.csv), [] if none."""
   if not path.exists():
     return []
   from densenet_jax import reporting
@@ -115,14 +116,10 @@ def score_kept(workdir: pathlib.Path, out: pathlib.Path) -> list[dict]:
     + ["--workdir", str(workdir)],
     check=False,
   )
-  from densenet_jax import reporting
-
-  kept = workdir / "eval" / "kept_test.csv"
-  if not kept.exists():
-    return []
   for name in ("kept_test.csv", "kept_test_curves.png"):
-    shutil.copy(workdir / "eval" / name, out / name)
-  return reporting.read_metrics_csv(kept)
+    if (workdir / "eval" / name).exists():
+      shutil.copy(workdir / "eval" / name, out / name)
+  return history(workdir / "eval" / "kept_test.csv")
 
 
 def parse_args():
@@ -145,9 +142,20 @@ def parse_args():
   return args, command
 
 
-def run_timed(command, time_limit):
-  """Runs `command` (SIGTERM after `time_limit` s); returns its return code,
-  whether the limit stopped it, its wall and CPU seconds, and the load."""
+class Timed(NamedTuple):
+  """How the recorded command ran."""
+
+  returncode: int
+  timed_out: bool  # stopped by --time-limit
+  started: float  # time.time() at its start
+  wall: float  # seconds
+  cpu_s: float  # CPU seconds of its processes
+  start_load: tuple  # os.getloadavg() at its start
+  samples: list  # 1-minute load averages while it ran
+
+
+def run_timed(command, time_limit) -> Timed:
+  """Runs `command`, with SIGTERM after `time_limit` seconds."""
   sampler = LoadSampler()
   sampler.start()
   started = time.time()
@@ -166,7 +174,9 @@ def run_timed(command, time_limit):
   children = os.times()
   cpu_s = children.children_user + children.children_system
   samples = sampler.samples or [start_load[0]]
-  return proc.returncode, timed_out, started, wall, cpu_s, start_load, samples
+  return Timed(
+    proc.returncode, timed_out, started, wall, cpu_s, start_load, samples
+  )
 
 
 def main():
@@ -180,37 +190,35 @@ def main():
   changed = git(
     "status", "--porcelain", "--", "densenet_jax", ":(glob)experiments/*.*"
   )
-  returncode, timed_out, started, wall, cpu_s, start_load, samples = run_timed(
-    command, args.time_limit
-  )
+  run = run_timed(command, args.time_limit)
 
   test_path = workdir / "test_result.json"
   test = json.loads(test_path.read_text()) if test_path.exists() else None
   config_path = workdir / "config.json"
   config = json.loads(config_path.read_text()) if config_path.exists() else None
-  start_time = datetime.datetime.fromtimestamp(started)
-  rows = history(workdir)
+  start_time = datetime.datetime.fromtimestamp(run.started)
+  rows = history(workdir / "metrics.csv")
   if args.score_kept:
     rows = score_kept(workdir, out) or rows
   result = {
     "name": args.name,
     "command": " ".join(command),
-    "returncode": returncode,
-    "stopped_at_time_limit": timed_out,
+    "returncode": run.returncode,
+    "stopped_at_time_limit": run.timed_out,
     "started": start_time.isoformat(" ", "seconds"),
-    "wall_time_s": round(wall, 1),
+    "wall_time_s": round(run.wall, 1),
     "commit": commit,
     "uncommitted_changes": bool(changed),
     "hardware": hardware(),
     "load_average_1m": {
-      "at_start": [round(x, 2) for x in start_load],
-      "min": min(samples),
-      "mean": round(sum(samples) / len(samples), 2),
-      "max": max(samples),
-      "samples_every_15s": samples,
+      "at_start": [round(x, 2) for x in run.start_load],
+      "min": min(run.samples),
+      "mean": round(sum(run.samples) / len(run.samples), 2),
+      "max": max(run.samples),
+      "samples_every_15s": run.samples,
     },
     # CPU seconds the run used / wall seconds: the cores it actually got.
-    "cores_used_on_average": round(cpu_s / wall, 2),
+    "cores_used_on_average": round(run.cpu_s / run.wall, 2),
     **summarise(rows, test, args.target),
     "test_scored_after_the_run": args.score_kept,
     "config": config,
@@ -221,7 +229,7 @@ def main():
       shutil.copy(workdir / name, out / name)
   shown = {k: v for k, v in result.items() if k != "config"}
   print(json.dumps(shown, indent=2))
-  sys.exit(returncode if not timed_out else 0)
+  sys.exit(run.returncode if not run.timed_out else 0)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ test, flip test-time augmentation. The checkpoint of every third epoch is
 kept for the curve of test accuracy against wall time, scored after the
 run (`python -m densenet_jax.evaluate --workdir runs/cpu90 --kept`), so
 that the hour trains instead of scoring the test set (about 30 s a time on
-an AMD EPYC); model selection uses validation only.
+a Zen 3 AMD EPYC); model selection uses validation only.
 
 Results, with the commit and the machine that produced them (the goal is
 not reached yet): the README's results table and experiments/results/cpu90/.
