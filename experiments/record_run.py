@@ -10,7 +10,9 @@ accuracy and the wall time at which the test accuracy first reached
 and copies of the run's config.json, metrics.csv, curves.png and
 test_result.json. With --time-limit, the command gets SIGTERM when the time
 is up (the trainer saves and stops; running it again resumes) and the
-partial run is recorded. With --score-kept, once the command has ended (out
+partial run is recorded; so it is when the recorder itself gets Ctrl-C or
+SIGTERM, which it passes on to the command (a second one stops the trainer
+at once, unsaved). With --score-kept, once the command has ended (out
 of its wall time), `python -m densenet_jax.evaluate --kept` scores the
 checkpoints the run kept (keep_every_epochs) on the test set, and their
 scores (kept_test.csv, kept_test_curves.png) stand for the test scores
@@ -147,6 +149,7 @@ class Timed(NamedTuple):
 
   returncode: int
   timed_out: bool  # stopped by --time-limit
+  interrupted_by: str | None  # the signal that stopped the recorder, if any
   started: float  # time.time() at its start
   wall: float  # seconds
   cpu_s: float  # CPU seconds of its processes
@@ -155,19 +158,34 @@ class Timed(NamedTuple):
 
 
 def run_timed(command, time_limit) -> Timed:
-  """Runs `command`, with SIGTERM after `time_limit` seconds."""
+  """Runs `command`, with SIGTERM after `time_limit` seconds, or on each
+  SIGINT or SIGTERM the recorder gets: the command runs in a session of
+  its own, so that only the recorder hears a terminal's Ctrl-C and the
+  command gets one signal for each, not two at once."""
   sampler = LoadSampler()
   sampler.start()
   started = time.time()
   start_load = os.getloadavg()
-  proc = subprocess.Popen(command)
+  proc = subprocess.Popen(command, start_new_session=True)
+  interrupted = []
+
+  def pass_on(signum, frame):
+    interrupted.append(signal.Signals(signum).name)
+    proc.send_signal(signal.SIGTERM)  # the trainer saves and exits
+
+  previous = {
+    sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)
+  }
   timed_out = False
   try:
     proc.wait(timeout=time_limit)
   except subprocess.TimeoutExpired:
-    timed_out = True
-    proc.send_signal(signal.SIGTERM)  # the trainer saves and exits
+    timed_out = not interrupted
+    proc.send_signal(signal.SIGTERM)
     proc.wait()
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
   wall = time.time() - started
   sampler.done.set()
   sampler.join()
@@ -175,7 +193,14 @@ def run_timed(command, time_limit) -> Timed:
   cpu_s = children.children_user + children.children_system
   samples = sampler.samples or [start_load[0]]
   return Timed(
-    proc.returncode, timed_out, started, wall, cpu_s, start_load, samples
+    proc.returncode,
+    timed_out,
+    interrupted[0] if interrupted else None,
+    started,
+    wall,
+    cpu_s,
+    start_load,
+    samples,
   )
 
 
@@ -198,13 +223,14 @@ def main():
   config = json.loads(config_path.read_text()) if config_path.exists() else None
   start_time = datetime.datetime.fromtimestamp(run.started)
   rows = history(workdir / "metrics.csv")
-  if args.score_kept:
+  if args.score_kept and not run.interrupted_by:
     rows = score_kept(workdir, out) or rows
   result = {
     "name": args.name,
     "command": " ".join(command),
     "returncode": run.returncode,
     "stopped_at_time_limit": run.timed_out,
+    "interrupted_by": run.interrupted_by,
     "started": start_time.isoformat(" ", "seconds"),
     "wall_time_s": round(run.wall, 1),
     "commit": commit,
@@ -220,7 +246,7 @@ def main():
     # CPU seconds the run used / wall seconds: the cores it actually got.
     "cores_used_on_average": round(run.cpu_s / run.wall, 2),
     **summarise(rows, test, args.target),
-    "test_scored_after_the_run": args.score_kept,
+    "test_scored_after_the_run": args.score_kept and not run.interrupted_by,
     "config": config,
   }
   (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
