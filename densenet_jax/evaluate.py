@@ -224,14 +224,20 @@ def parse_args(argv=None):
   parser.add_argument(
     "--output", help="folder for the JSON and PNG (default: WORKDIR/eval)"
   )
+  parser.set_defaults(checkpoint=None)  # "best", unless --kept
   args = parser.parse_args(argv)
   if args.kept and (
-    args.split != "test" or args.dataset or args.tta_translate_px is not None
+    args.split != "test"
+    or args.dataset
+    or args.tta_translate_px is not None
+    or args.checkpoint
   ):
     parser.error(
-      "--kept scores the test split as training does: no --split, "
-      "--dataset or --tta-translate-px with it"
+      "--kept scores the test split as training does, with the checkpoints "
+      "it kept: no --split, --dataset, --tta-translate-px or --checkpoint "
+      "with it"
     )
+  args.checkpoint = args.checkpoint or "best"
   return args
 
 

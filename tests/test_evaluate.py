@@ -153,6 +153,7 @@ def test_bad_workdirs_fail_clearly_and_change_nothing(
     (["--tta-translate-px", "-1"], "must be an integer >= 0, not -1"),
     (["--checkpoint", "worst"], "--checkpoint: invalid choice: 'worst'"),
     (["--kept", "--split", "validation"], "--kept scores the test split"),
+    (["--kept", "--checkpoint", "best"], "or --checkpoint with it"),
   ],
 )
 def test_bad_arguments_fail_clearly_and_change_nothing(
