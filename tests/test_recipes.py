@@ -168,6 +168,8 @@ def test_recipes_load_and_build_their_optimizers(name):
 def test_cpu90_scores_test_after_its_run_not_within_it():
   config = configs.load("cpu90")
   assert config.test_every_epochs == 0 and config.keep_every_epochs == 3
+  # Its recorded runs validate and test with flips and one-pixel moves.
+  assert models.TTA.of(config) == models.TTA(flip=True, translate_px=1)
 
 
 def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
