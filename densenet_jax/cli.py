@@ -42,9 +42,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     "--checkpoint",
     choices=("best", "latest"),
-    default="best",
-    help="which checkpoint of the workdir (default: best, the lowest "
-    "validation loss); a checkpoint folder given as --workdir wins",
+    help="which checkpoint of the workdir: best (the lowest validation "
+    "loss) or latest (the last state); default: the one training scored on "
+    "test (the run's test_checkpoint); a checkpoint folder given as "
+    "--workdir wins",
   )
 
 

@@ -3,8 +3,9 @@ a confusion matrix and images/s.
 
     python -m densenet_jax.evaluate --workdir runs/reference [--split test]
 
-Restores the run's best checkpoint (params and batch_stats only) with the
-config.json saved beside it, reads the split as training did (same val_size
+Restores the checkpoint the run scored on test (its test_checkpoint: the
+best by default; --checkpoint chooses), params and batch_stats only, with
+the config.json saved beside it, reads the split as training did (same val_size
 and train_size), and runs a jit-compiled masked eval in which every image
 counts once: on the test split it reproduces the test_accuracy that training
 wrote to test_result.json. Writes {kind}_{split}.json and
@@ -184,7 +185,7 @@ def _training_test_result(model: inference.Model, dataset: str):
     return None
   same = (
     result.get("checkpoint_step") == model.step
-    and model.checkpoint.parent.name == "best"
+    and model.checkpoint.parent.name == result.get("checkpoint", "best")
     and dataset == model.config.dataset
   )
   return result if same else None
@@ -224,7 +225,6 @@ def parse_args(argv=None):
   parser.add_argument(
     "--output", help="folder for the JSON and PNG (default: WORKDIR/eval)"
   )
-  parser.set_defaults(checkpoint=None)  # "best", unless --kept
   args = parser.parse_args(argv)
   if args.kept and (
     args.split != "test"
@@ -237,7 +237,6 @@ def parse_args(argv=None):
       "it kept: no --split, --dataset, --tta-translate-px or --checkpoint "
       "with it"
     )
-  args.checkpoint = args.checkpoint or "best"
   return args
 
 

@@ -41,10 +41,12 @@ class Location:
     return self.workdir / "checkpoints" / self.kind
 
 
-def locate(path, kind: str = "best") -> Location:
+def locate(path, kind: str | None = None) -> Location:
   """Accepts a workdir, its checkpoints/ folder, checkpoints/best|latest or
-  one step folder in it; checks that a config and checkpoints are there."""
-  if kind not in checkpointing.KINDS:
+  one step folder in it; checks that a config and checkpoints are there.
+  `kind` None: the checkpoint the run scored on test (its test_checkpoint;
+  "best" for runs older than that field)."""
+  if kind is not None and kind not in checkpointing.KINDS:
     raise errors.UserError(
       f"unknown checkpoint {kind!r}; choose {' or '.join(checkpointing.KINDS)}"
     )
@@ -59,7 +61,6 @@ def locate(path, kind: str = "best") -> Location:
     path, kind = path.parents[1], path.name
   elif path.name == "checkpoints":
     path = path.parent
-  where = Location(path, kind)
   if not (path / "config.json").is_file():
     if not any(path.iterdir()):
       raise CheckpointError(
@@ -69,6 +70,9 @@ def locate(path, kind: str = "best") -> Location:
     raise CheckpointError(
       f"{path} has no config.json: not a densenet_jax workdir"
     )
+  if kind is None:
+    kind = read_config(path).get("test_checkpoint", "best")
+  where = Location(path, kind)
   if not where.checkpoints.is_dir():
     raise CheckpointError(
       f"{path} has no {kind} checkpoint ({where.checkpoints} is missing): "
@@ -179,10 +183,10 @@ class Model:
     return np.asarray(jax.nn.softmax(self.logits(images, batch_size), -1))
 
 
-def load(path, kind: str = "best", step: int | None = None) -> Model:
-  """Loads the newest `kind` ("best" or "latest") checkpoint of a workdir
-  (or of the checkpoint folder given), or its `step`, with the config saved
-  beside it."""
+def load(path, kind: str | None = None, step: int | None = None) -> Model:
+  """Loads the newest `kind` ("best" or "latest"; None: the one the run
+  scored on test) checkpoint of a workdir (or of the checkpoint folder
+  given), or its `step`, with the config saved beside it."""
   where = locate(path, kind)
   config = read_config(where.workdir)
   names = data.class_names(config.dataset)

@@ -37,7 +37,9 @@ def parse_args(argv=None):
   which.add_argument("--workdir", help="a training workdir (or checkpoint)")
   which.add_argument("--model", choices=models.PRESETS, help="a preset")
   parser.add_argument(
-    "--checkpoint", choices=("best", "latest"), default="best"
+    "--checkpoint",
+    choices=("best", "latest"),
+    help="with --workdir (default: the one training scored on test)",
   )
   parser.add_argument(
     "--num-classes",

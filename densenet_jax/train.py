@@ -61,7 +61,8 @@ def train_and_evaluate(
   workdir,
   dataset: data.Dataset | None = None,
 ) -> dict:
-  """Trains (resuming from workdir), then scores the best state on test.
+  """Trains (resuming from workdir), then scores on test the checkpoint
+  config.test_checkpoint names.
 
   Process 0 holds the workdir's lock for the run: a second run started on
   the same workdir stops with an error instead of writing checkpoints."""
@@ -134,7 +135,7 @@ class _Run:
     )
 
   def train_and_test(self, started: float) -> dict:
-    """Resumes, trains the remaining epochs, scores the best state on test;
+    """Resumes, trains the remaining epochs, scores the chosen state on test;
     the checkpoints and the report are closed however it ends."""
     record = epoch.RunRecord()
     # Restored into a template of shapes: no initialiser to compile (2.5 s
@@ -159,7 +160,7 @@ class _Run:
           "early stopping: training loss did not improve for "
           f"{self.config.early_stopping_patience} epochs"
         )
-      result = self.test_best(record)
+      result = self.test_chosen(record)
       if self.reporter:
         self.reporter.write_json("test_result.json", result)
       return result
@@ -243,10 +244,13 @@ class _Run:
     )
     distributed.barrier(f"epoch_{len(record.history)}")  # after plots
 
-  def test_best(self, record: epoch.RunRecord) -> dict:
-    """The test scores of the best checkpoint (else of the last state)."""
-    best = self.ckpt.restore("best", self.state)
-    state = best[0] if best else self.state
+  def test_chosen(self, record: epoch.RunRecord) -> dict:
+    """The test scores of the checkpoint config.test_checkpoint names: the
+    best one (else the last state), or the last state."""
+    kind, state = self.config.test_checkpoint, self.state
+    if kind == "best":
+      best = self.ckpt.restore("best", self.state)
+      state = best[0] if best else self.state
     test = evaluate.evaluate_state(
       self.p_eval,
       steps.replicate(state),
@@ -255,12 +259,13 @@ class _Run:
     )
     distributed.log(
       f"test: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} "
-      f"({test['count']} images, checkpoint of step {int(state.step)})"
+      f"({test['count']} images, {kind} checkpoint, step {int(state.step)})"
     )
     return {
       "test_loss": test["loss"],
       "test_accuracy": test["accuracy"],
       "test_examples": test["count"],
+      "checkpoint": kind,
       "checkpoint_step": int(state.step),
       "epochs": len(record.history),
       "stopped_early": record.stopped_early,

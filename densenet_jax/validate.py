@@ -9,7 +9,7 @@ config.json and on their own options).
 
 import math
 
-from densenet_jax import data, errors, layers, models, optim
+from densenet_jax import checkpointing, data, errors, layers, models, optim
 
 DTYPES = ("float32", "bfloat16")
 # Known split sizes: `train` includes the validation images.
@@ -27,6 +27,7 @@ _NAMES = {
   "optimizer": optim.OPTIMIZERS,
   "lr_schedule": optim.SCHEDULES,
   "weight_decay_mode": optim.WEIGHT_DECAY_MODES,
+  "test_checkpoint": checkpointing.KINDS,
 }
 _POSITIVE_INTS = (
   "batch_size",

@@ -83,6 +83,18 @@ def test_kept_checkpoints_score_what_training_scored(trained_workdir, capsys):
   assert "epoch 2 (" in capsys.readouterr().out
 
 
+def test_evaluate_scores_the_checkpoint_training_tested(workdir_copy, capsys):
+  _set_config(workdir_copy, test_checkpoint="latest")
+  last = reporting.read_metrics_csv(workdir_copy / "metrics.csv")[-1]
+  tested = {"checkpoint": "latest", "checkpoint_step": 8}
+  tested["test_accuracy"] = last["test_accuracy"]  # the last epoch's score
+  (workdir_copy / "test_result.json").write_text(json.dumps(tested))
+  result = evaluate.main(["--workdir", str(workdir_copy)])
+  assert result["step"] == 8 and result["accuracy"] == last["test_accuracy"]
+  assert "for this checkpoint: equal" in capsys.readouterr().out
+  assert (workdir_copy / "eval" / "latest_test.json").is_file()
+
+
 def _set_config(workdir, **changes):
   path = workdir / "config.json"
   config = json.loads(path.read_text())

@@ -1,5 +1,7 @@
 """The Python API: densenet_jax.load(workdir).predict(images)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,17 @@ def test_class_names():
   assert len(names) == 100 and names == sorted(names)
   with pytest.raises(errors.UserError, match="unknown dataset 'svhn'"):
     data.class_names("svhn")
+
+
+def test_load_defaults_to_the_checkpoint_training_tested(workdir_copy):
+  path = workdir_copy / "config.json"
+  config = json.loads(path.read_text())
+  assert config["test_checkpoint"] == "best"
+  config["test_checkpoint"] = "latest"  # as cpu90's runs say
+  path.write_text(json.dumps(config))
+  assert densenet_jax.load(workdir_copy).checkpoint.parent.name == "latest"
+  best = densenet_jax.load(workdir_copy, kind="best")
+  assert best.checkpoint.parent.name == "best"
+  del config["test_checkpoint"]  # a run from before the field: the best
+  path.write_text(json.dumps(config))
+  assert densenet_jax.load(workdir_copy).checkpoint == best.checkpoint

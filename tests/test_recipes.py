@@ -170,6 +170,8 @@ def test_cpu90_scores_test_after_its_run_not_within_it():
   assert config.test_every_epochs == 0 and config.keep_every_epochs == 3
   # Its recorded runs validate and test with flips and one-pixel moves.
   assert models.TTA.of(config) == models.TTA(flip=True, translate_px=1)
+  # Its schedule ends at a learning rate of zero: the last state is tested.
+  assert config.test_checkpoint == "latest"
 
 
 def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(

@@ -234,10 +234,12 @@ def test_training_stops_early_end_to_end(
   assert result["stopped_early"] and result["epochs"] == 5
 
 
+@pytest.mark.parametrize("tested, step", [("best", 12), ("latest", 16)])
 def test_best_checkpoint_only_when_validation_loss_improves(
-  smoke_config, dataset, tmp_path, monkeypatch
+  smoke_config, dataset, tmp_path, monkeypatch, tested, step
 ):
   smoke_config.num_epochs = 4
+  smoke_config.test_checkpoint = tested
   val_losses = iter([2.0, 2.5, 1.5, 1.7])
   real_evaluate = evaluate.evaluate_state
 
@@ -259,7 +261,8 @@ def test_best_checkpoint_only_when_validation_loss_improves(
   result = train.train_and_evaluate(smoke_config, tmp_path, dataset)
   assert [s for k, s in saves if k == "best"] == [4, 12]  # epochs 1 and 3
   assert [s for k, s in saves if k == "latest"] == [4, 8, 12, 16]
-  assert result["checkpoint_step"] == 12  # the test score is the best's
+  # The test score is the best's, or the last state's.
+  assert (result["checkpoint"], result["checkpoint_step"]) == (tested, step)
   assert os.listdir(tmp_path / "checkpoints" / "best") == ["12"]
 
 

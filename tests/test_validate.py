@@ -51,6 +51,10 @@ def no_work(monkeypatch):
     (["--config.optimizer=lamb"], "unknown optimizer 'lamb'"),
     (["--config.lr_schedule=linear"], "unknown lr_schedule 'linear'"),
     (["--config.weight_decay_mode=l1"], "unknown weight_decay_mode 'l1'"),
+    (
+      ["--config.test_checkpoint=final"],
+      "unknown test_checkpoint 'final'; choose one of latest, best",
+    ),
     (["--config.label_smoothing=1.0"], "label_smoothing=1.0 must be >= 0.0"),
     (["--config.ema_decay=-0.1"], "ema_decay=-0.1 must be >= 0.0 and < 1.0"),
     (["--config.adam_b2=1.0"], "adam_b2=1.0 must be >= 0.0 and < 1.0"),
