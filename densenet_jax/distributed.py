@@ -96,3 +96,14 @@ def any_process(flag: bool) -> bool:
   from jax.experimental import multihost_utils
 
   return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
+def main_process_ints(values) -> tuple:
+  """The main process's integers, on every process (a host-side
+  collective): a decision taken on one process's measurements."""
+  if jax.process_count() == 1:
+    return tuple(values)
+  from jax.experimental import multihost_utils
+
+  array = multihost_utils.broadcast_one_to_all(np.array(values, np.int64))
+  return tuple(int(v) for v in array)

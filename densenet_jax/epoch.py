@@ -25,6 +25,10 @@ class RunRecord:
   best_train_loss: float | None = None
   wait: int = 0  # epochs since the training loss last improved
   stopped_early: bool = False
+  # With a time budget: seconds from the start to the first epoch's, and
+  # the [epochs, low-res epochs] decided after it (densenet_jax.budget).
+  first_epoch_started_s: float | None = None
+  planned: list | None = None
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)

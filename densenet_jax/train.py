@@ -8,6 +8,7 @@ same command again continues from that step with identical results.
 """
 
 import contextlib
+import copy
 import json
 import pathlib
 import sys
@@ -18,6 +19,7 @@ import jax
 import ml_collections
 
 from densenet_jax import (
+  budget,
   checkpointing,
   cli,
   configs,
@@ -27,6 +29,7 @@ from densenet_jax import (
   errors,
   evaluate,
   models,
+  optim,
   reporting,
   signals,
   steps,
@@ -103,7 +106,9 @@ class _Run:
   """One training run: its model, compiled steps, checkpoints and report."""
 
   def __init__(self, config, workdir, dataset, steps_per_epoch):
-    self.config, self.dataset = config, dataset
+    # A copy: a time budget changes num_epochs and low_res_epochs.
+    config = copy.deepcopy(config)
+    self.config, self.dataset, self.workdir = config, dataset, workdir
     self.steps_per_epoch = steps_per_epoch
     image_shape = dataset.splits["train"].images.shape[1:]
     model = models.from_config(
@@ -145,6 +150,8 @@ class _Run:
     )
     if restored:
       self.state, record = restored[0], epoch.RunRecord.from_json(restored[1])
+      if record.planned:  # what the time budget decided, kept
+        self.apply_plan(record.planned)
       distributed.log(
         f"resuming from step {int(self.state.step)} "
         f"({len(record.history)} epochs done)"
@@ -186,9 +193,14 @@ class _Run:
     try:
       with signals.stop_on_signals() as flag:
         stopper = signals.Stopper(flag, config.log_every_steps)
-        while len(record.history) < config.num_epochs:
+        self.start_timing(record, started)
+        while len(record.history) < config.num_epochs or self.plan_pending(
+          record
+        ):
           if record.stopped_early:
             break
+          if self.plan_pending(record) and record.history:
+            replicated = self.plan_budget(record, started)
           replicated, stopped = epoch.train_epoch(
             config,
             self.train_step_of(len(record.history)),
@@ -215,6 +227,83 @@ class _Run:
         f"{stop} received: saved step {int(self.state.step)} to "
         f"{self.ckpt.root / 'latest'}; run the same command to resume"
       ) from None
+
+  def plan_pending(self, record: epoch.RunRecord) -> bool:
+    """Whether a time budget still waits for its decision."""
+    return bool(self.config.time_budget_minutes) and not record.planned
+
+  def plan_budget(self, record: epoch.RunRecord, started: float):
+    """After the first epoch: as many epochs as fit in the time budget
+    (densenet_jax.budget); returns the state replicated with the learning
+    rate schedule of that many."""
+    config, splits = self.config, self.dataset.splits
+    first_s = record.history[0]["epoch_time_s"]
+    elapsed = time.perf_counter() - started
+    # Validation and checkpoints after the first epoch; the test at the end
+    # is costed as validation scaled to the test set's size.
+    first_started = record.first_epoch_started_s or 0.0  # 0: not recorded
+    overhead_s = max(elapsed - first_started - first_s, 0.0)
+    test_s = overhead_s * len(splits["test"]) / len(splits["validation"])
+    share, full_s = 0.0, first_s
+    if config.get("low_res_px"):
+      share = config.low_res_epochs / config.num_epochs
+      full_s *= self.full_to_low_res_step_time()
+    left = config.time_budget_minutes * 60 - test_s
+    left -= time.perf_counter() - started
+    plan = budget.epochs_within(left, first_s, full_s, overhead_s, share)
+    record.planned = list(distributed.main_process_ints(plan))
+    self.apply_plan(record.planned)
+    distributed.log(
+      f"time budget {config.time_budget_minutes:g} min: "
+      f"{config.num_epochs} epochs, {config.low_res_epochs} of them at low "
+      f"resolution (the first took {first_s:.1f} s, a full-size one "
+      f"about {full_s:.1f} s, {overhead_s:.1f} s between epochs)"
+    )
+    return steps.replicate(self.state)
+
+  def start_timing(self, record: epoch.RunRecord, started: float) -> None:
+    """With a time budget, before a fresh run's first epoch: its train step
+    compiles (on a copy of the state), so that the epoch's time is its
+    steps'."""
+    if not self.plan_pending(record) or record.history or record.partial:
+      return
+    step = self.train_step_of(0)
+    jax.block_until_ready(step(steps.replicate(self.state), self.one_batch()))
+    record.first_epoch_started_s = time.perf_counter() - started
+
+  def full_to_low_res_step_time(self) -> float:
+    """How many times longer a full-size train step takes than a low-res
+    one, timed on one batch with copies of the state."""
+    batch = self.one_batch()
+    low, full = (
+      budget.seconds_per_step(step, steps.replicate(self.state), batch)
+      for step in (self.p_train_low, self.p_train)
+    )
+    return full / low
+
+  def one_batch(self):
+    """The first training batch, sharded over the local devices."""
+    batch = next(
+      data.train_batches(
+        self.dataset.splits["train"],
+        self.config.batch_size,
+        self.config.seed,
+        0,
+        0,
+        self.steps_per_epoch,
+        jax.process_index(),
+        jax.process_count(),
+      )
+    )
+    return data.shard(batch, jax.local_device_count())
+
+  def apply_plan(self, plan) -> None:
+    """Sets the epochs a time budget decided: the config (and its
+    config.json) and the state's learning rate schedule."""
+    self.config.num_epochs, self.config.low_res_epochs = plan
+    tx = optim.create_optimizer(self.config, self.steps_per_epoch)
+    self.state = self.state.replace(tx=tx)
+    _write_config(self.workdir, self.config)
 
   def train_step_of(self, epoch_index: int):
     """The train step of an epoch (counted from 0): the low-res one for

@@ -61,6 +61,7 @@ _RANGES = {
   "final_lr_fraction": (0.0, 1.0, True),
   "label_smoothing": (0.0, 1.0, False),
   "ema_decay": (0.0, 1.0, False),
+  "time_budget_minutes": (0.0, math.inf, False),
 }
 _AUGMENT_RANGES = {
   "rotation_range_deg": (0.0, 180.0, True),
@@ -136,6 +137,7 @@ def config(cfg, check_sizes: bool = True) -> None:
   if "augment" in cfg:
     _augment(cfg.augment)
   _low_res(cfg)
+  _time_budget(cfg)
   if cfg.get("data_dir") is not None and not isinstance(cfg.data_dir, str):
     _fail(f"data_dir={cfg.data_dir!r} must be a path")
   if check_sizes:
@@ -183,6 +185,19 @@ def _low_res(cfg) -> None:
     _fail(  # 32: the side of every data set's images
       f"low_res_px={px} must be a multiple of {factor} below 32: model "
       f"{cfg.model} halves the image side {factor.bit_length() - 1} times"
+    )
+
+
+def _time_budget(cfg) -> None:
+  if not cfg.get("time_budget_minutes"):
+    return
+  constant = cfg.get("lr_schedule") == "constant"
+  if not constant and cfg.get("warmup_epochs", 0) < 1:
+    _fail(
+      f"time_budget_minutes={cfg.time_budget_minutes} needs warmup_epochs "
+      f">= 1 (not {cfg.get('warmup_epochs', 0)}) with lr_schedule="
+      f"{cfg.get('lr_schedule')!r}: the first epoch is timed to decide the "
+      "run's length, so its learning rates must not depend on it"
     )
 
 

@@ -13,11 +13,13 @@ from conftest import compilations
 
 from densenet_jax import (
   augment,
+  budget,
   checkpointing,
   data,
   epoch,
   evaluate,
   models,
+  reporting,
   steps,
   train,
 )
@@ -193,6 +195,61 @@ def test_the_first_low_res_epochs_use_the_low_res_step(
   full = steps.make_steps_for(smoke_config)[0]
   assert low is not full and used == [low, low, full]
   assert result["epochs"] == 3 and np.isfinite(result["test_loss"])
+
+
+def test_a_time_budget_sets_the_epochs_after_the_first_and_keeps_them(
+  smoke_config, dataset, tmp_path, monkeypatch
+):
+  smoke_config.update(
+    time_budget_minutes=30.0,
+    lr_schedule="onecycle",
+    warmup_epochs=1.0,
+    num_epochs=2,
+    low_res_px=16,
+    low_res_epochs=1,
+  )
+  asked = []
+
+  def plan(seconds, first_s, full_s, overhead_s, share):
+    asked.append((seconds, first_s, full_s, overhead_s, share))
+    return (3, 2)
+
+  monkeypatch.setattr(budget, "epochs_within", plan)
+  full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+  expected = train.train_and_evaluate(smoke_config, full_dir, dataset)
+  assert expected["epochs"] == 3 and len(asked) == 1
+  seconds, first_s, full_s, overhead_s, share = asked[0]
+  assert 0 < first_s and 0 < full_s and 0 <= overhead_s and share == 0.5
+  assert 0 < 30 * 60 - seconds < 60  # the time spent so far, and the test's
+  saved = json.loads((full_dir / "config.json").read_text())
+  assert (saved["num_epochs"], saved["low_res_epochs"]) == (3, 2)
+  assert smoke_config.num_epochs == 2  # the caller's config is left alone
+  # The schedule spans 3 epochs of 4 steps: the last step's learning rate
+  # is the peak / 8 (warm-up over the first 4, linear decay to 0 at 12).
+  rows = reporting.read_metrics_csv(full_dir / "metrics.csv")
+  np.testing.assert_allclose(
+    rows[-1]["learning_rate"], smoke_config.learning_rate / 8, rtol=1e-6
+  )
+
+  # Stopped in the middle of epoch 3 (step 10), after the decision: the
+  # resumed run keeps it (a new one would be 5 epochs) and ends the same.
+  real_batches = data.train_batches
+  served = {"n": 0}
+
+  def interrupting(*args, **kwargs):
+    for batch in real_batches(*args, **kwargs):
+      served["n"] += 1
+      if served["n"] == 12:  # two more: the step-time checks' batches
+        os.kill(os.getpid(), signal.SIGINT)
+      yield batch
+
+  monkeypatch.setattr(data, "train_batches", interrupting)
+  with pytest.raises(train.Interrupted, match="saved step 10"):
+    train.train_and_evaluate(smoke_config, cut_dir, dataset)
+  monkeypatch.setattr(data, "train_batches", real_batches)
+  monkeypatch.setattr(budget, "epochs_within", lambda *args: (5, 3))
+  assert train.train_and_evaluate(smoke_config, cut_dir, dataset) == expected
+  assert len(asked) == 2  # decided once in each run, not on the resume
 
 
 def test_batch_sizes_the_devices_cannot_split_are_refused(smoke_config):

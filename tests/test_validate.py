@@ -65,6 +65,11 @@ def no_work(monkeypatch):
     ),
     (["--config.low_res_px=24"], "low_res_px=24 and low_res_epochs=0 go"),
     (
+      ["--config.time_budget_minutes=60", "--config.lr_schedule=cosine"],
+      "time_budget_minutes=60.0 needs warmup_epochs >= 1 (not 0.0)",
+    ),
+    (["--config.time_budget_minutes=-1"], "time_budget_minutes=-1.0 must be"),
+    (
       ["--config.low_res_px=20", "--config.low_res_epochs=5"],
       "low_res_px=20 must be a multiple of 8 below 32: model reference halves",
     ),

@@ -1,0 +1,54 @@
+"""A schedule sized to a time budget: as many epochs as fit in it.
+
+With `time_budget_minutes`, the run times its first epoch (a warm-up epoch,
+whose learning rates do not depend on the run's length), then decides how
+many epochs fit in what is left of the budget and how many of them train at
+low resolution (the config's share, low_res_epochs / num_epochs); the
+learning-rate schedule then runs over that many epochs. A full-size epoch
+is costed as a low-resolution one times the ratio of the two train steps'
+times, measured on one batch. So the same command uses an hour on any
+machine, whatever its speed, and a resumed run keeps the number it decided.
+"""
+
+import time
+
+import jax
+
+
+def epochs_within(
+  seconds: float,
+  first_s: float,
+  full_s: float,
+  overhead_s: float,
+  low_res_share: float,
+) -> tuple[int, int]:
+  """(epochs, low-res epochs) of the longest run whose epochs after the
+  first fit in `seconds`: each takes `first_s` (the first epoch's training
+  time: a low-res epoch when `low_res_share` > 0) or `full_s` at full size,
+  plus `overhead_s` (validation, checkpoints). Low-res epochs come first,
+  round(share * epochs) of them, at least the first."""
+  best = (1, 1 if low_res_share else 0)
+  n = 1
+  while True:
+    n += 1
+    small = max(1, round(low_res_share * n)) if low_res_share else 0
+    cost = (max(small - 1, 0) * (first_s + overhead_s)) + (
+      n - max(small, 1)
+    ) * (full_s + overhead_s)
+    if cost > seconds or n > 100_000:
+      return best
+    best = (n, small)
+
+
+def seconds_per_step(step, state, batch, repeats: int = 5) -> float:
+  """The fastest of `repeats` calls of a (donating) train step on one batch,
+  after a first call that compiles it; `state` is used up."""
+  state, _ = step(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - start)
+  return min(times)

@@ -1,0 +1,29 @@
+"""budget: how many epochs fit in a time budget."""
+
+import pytest
+
+from densenet_jax import budget
+
+
+@pytest.mark.parametrize(
+  "seconds, expected",
+  [
+    (0.0, (1, 1)),  # nothing left: the first epoch is the run
+    (19.0, (1, 1)),
+    (20.0, (2, 1)),  # one full-size epoch
+    (50.0, (4, 2)),  # 1 more low-res (10) and 2 full-size (40)
+    (90.0, (7, 4)),  # round(3.5) = 4: 3 more low-res and 3 full-size
+    (109.0, (7, 4)),
+    (110.0, (8, 4)),
+  ],
+)
+def test_epochs_within_with_low_res_epochs_first(seconds, expected):
+  assert budget.epochs_within(seconds, 10.0, 20.0, 0.0, 0.5) == expected
+
+
+def test_epochs_within_counts_the_time_between_epochs():
+  # Full-size only: each epoch after the first takes 30 s and 5 s more.
+  assert budget.epochs_within(104.0, 30.0, 30.0, 5.0, 0.0) == (3, 0)
+  assert budget.epochs_within(105.0, 30.0, 30.0, 5.0, 0.0) == (4, 0)
+  # All low-res: only the first epoch's time counts.
+  assert budget.epochs_within(100.0, 10.0, 99.0, 0.0, 1.0) == (11, 11)
