@@ -5,8 +5,9 @@ whose learning rates do not depend on the run's length), then decides how
 many epochs fit in what is left of the budget and how many of them train at
 low resolution (the config's share, low_res_epochs / num_epochs); the
 learning-rate schedule then runs over that many epochs. A full-size epoch
-is costed as a low-resolution one times the ratio of the two train steps'
-times, measured on one batch. So the same command uses an hour on any
+is costed as a low-resolution one plus, for each of its steps, the
+difference of the two train steps' times on one batch (the host's work per
+step is the same at both sizes). So the same command uses an hour on any
 machine, whatever its speed, and a resumed run keeps the number it decided.
 """
 

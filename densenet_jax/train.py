@@ -247,7 +247,9 @@ class _Run:
     share, full_s = 0.0, first_s
     if config.get("low_res_px"):
       share = config.low_res_epochs / config.num_epochs
-      full_s *= self.full_to_low_res_step_time()
+      # The host's work per step is the same at both sizes: only the
+      # steps' own times differ.
+      full_s += self.steps_per_epoch * self.full_minus_low_res_step_s()
     left = config.time_budget_minutes * 60 - test_s
     left -= time.perf_counter() - started
     plan = budget.epochs_within(left, first_s, full_s, overhead_s, share)
@@ -263,23 +265,33 @@ class _Run:
 
   def start_timing(self, record: epoch.RunRecord, started: float) -> None:
     """With a time budget, before a fresh run's first epoch: its train step
-    compiles (on a copy of the state), so that the epoch's time is its
-    steps'."""
+    and the eval step compile (on copies of the state), so that the first
+    epoch and its validation take the time later ones will."""
     if not self.plan_pending(record) or record.history or record.partial:
       return
     step = self.train_step_of(0)
     jax.block_until_ready(step(steps.replicate(self.state), self.one_batch()))
+    first = next(
+      data.eval_batches(
+        self.dataset.splits["validation"],
+        self.config.eval_batch_size,
+        jax.process_index(),
+        jax.process_count(),
+      )
+    )
+    first = data.shard(first, jax.local_device_count())
+    jax.block_until_ready(self.p_eval(steps.replicate(self.state), first))
     record.first_epoch_started_s = time.perf_counter() - started
 
-  def full_to_low_res_step_time(self) -> float:
-    """How many times longer a full-size train step takes than a low-res
-    one, timed on one batch with copies of the state."""
+  def full_minus_low_res_step_s(self) -> float:
+    """How much longer a full-size train step takes than a low-res one,
+    timed on one batch with copies of the state."""
     batch = self.one_batch()
     low, full = (
       budget.seconds_per_step(step, steps.replicate(self.state), batch)
       for step in (self.p_train_low, self.p_train)
     )
-    return full / low
+    return max(full - low, 0.0)
 
   def one_batch(self):
     """The first training batch, sharded over the local devices."""
