@@ -48,31 +48,35 @@ def compile_then_wait(
   processes meet it at once."""
   if jax.process_count() == 1:
     return
+  train_batch, val_batch = first_batches(config, splits, steps_per_epoch)
+  p_train.lower(replicated, train_batch).compile()
+  p_eval.lower(replicated, val_batch).compile()
+  distributed.barrier("compiled")
+
+
+def first_batches(config, splits, steps_per_epoch) -> tuple[dict, dict]:
+  """This process's rows of the first training and the first validation
+  batch, sharded over the local devices: batches to compile or time the
+  steps with."""
   n, index, count = (
     jax.local_device_count(),
     jax.process_index(),
     jax.process_count(),
   )
-  batch = next(
-    data.train_batches(
-      splits["train"],
-      config.batch_size,
-      config.seed,
-      0,
-      0,
-      steps_per_epoch,
-      index,
-      count,
-    )
+  train = data.train_batches(
+    splits["train"],
+    config.batch_size,
+    config.seed,
+    0,
+    0,
+    steps_per_epoch,
+    index,
+    count,
   )
-  p_train.lower(replicated, data.shard(batch, n)).compile()
-  batch = next(
-    data.eval_batches(
-      splits["validation"], config.eval_batch_size, index, count
-    )
+  val = data.eval_batches(
+    splits["validation"], config.eval_batch_size, index, count
   )
-  p_eval.lower(replicated, data.shard(batch, n)).compile()
-  distributed.barrier("compiled")
+  return data.shard(next(train), n), data.shard(next(val), n)
 
 
 def train_epoch(

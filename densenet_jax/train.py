@@ -269,45 +269,27 @@ class _Run:
     epoch and its validation take the time later ones will."""
     if not self.plan_pending(record) or record.history or record.partial:
       return
-    step = self.train_step_of(0)
-    jax.block_until_ready(step(steps.replicate(self.state), self.one_batch()))
-    first = next(
-      data.eval_batches(
-        self.dataset.splits["validation"],
-        self.config.eval_batch_size,
-        jax.process_index(),
-        jax.process_count(),
-      )
+    train_batch, val_batch = epoch.first_batches(
+      self.config, self.dataset.splits, self.steps_per_epoch
     )
-    first = data.shard(first, jax.local_device_count())
-    jax.block_until_ready(self.p_eval(steps.replicate(self.state), first))
+    for step, batch in (
+      (self.train_step_of(0), train_batch),
+      (self.p_eval, val_batch),
+    ):
+      jax.block_until_ready(step(steps.replicate(self.state), batch))
     record.first_epoch_started_s = time.perf_counter() - started
 
   def full_minus_low_res_step_s(self) -> float:
     """How much longer a full-size train step takes than a low-res one,
     timed on one batch with copies of the state."""
-    batch = self.one_batch()
+    batch = epoch.first_batches(
+      self.config, self.dataset.splits, self.steps_per_epoch
+    )[0]
     low, full = (
       budget.seconds_per_step(step, steps.replicate(self.state), batch)
       for step in (self.p_train_low, self.p_train)
     )
     return max(full - low, 0.0)
-
-  def one_batch(self):
-    """The first training batch, sharded over the local devices."""
-    batch = next(
-      data.train_batches(
-        self.dataset.splits["train"],
-        self.config.batch_size,
-        self.config.seed,
-        0,
-        0,
-        self.steps_per_epoch,
-        jax.process_index(),
-        jax.process_count(),
-      )
-    )
-    return data.shard(batch, jax.local_device_count())
 
   def apply_plan(self, plan) -> None:
     """Sets the epochs a time budget decided: the config (and its

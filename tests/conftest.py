@@ -62,6 +62,27 @@ def trained_workdir(tmp_path_factory):
   return workdir
 
 
+def interrupt_at_batch(monkeypatch, n: int):
+  """Makes data.train_batches send this process SIGINT (as Ctrl-C would)
+  as it serves its nth batch, counted over all its calls; returns the real
+  function, to put back."""
+  import os
+  import signal
+
+  real = data.train_batches
+  served = {"n": 0}
+
+  def interrupting(*args, **kwargs):
+    for batch in real(*args, **kwargs):
+      served["n"] += 1
+      if served["n"] == n:
+        os.kill(os.getpid(), signal.SIGINT)
+      yield batch
+
+  monkeypatch.setattr(data, "train_batches", interrupting)
+  return real
+
+
 def compilations(caplog) -> list:
   """The "Finished XLA compilation" messages that `jax.log_compiles()` left
   in `caplog` (captured at level WARNING)."""

@@ -1,14 +1,12 @@
 """Recipe features in the loop: label smoothing, EMA weights, test-time flip
 averaging, schedules, per-epoch test scores; configs load and resume."""
 
-import os
-import signal
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import interrupt_at_batch
 
 import densenet_jax
 from densenet_jax import (
@@ -173,7 +171,7 @@ def test_cpu90_scores_test_after_its_run_not_within_it():
   # Its schedule ends at a learning rate of zero: the last state is tested.
   assert config.test_checkpoint == "latest"
   # As many epochs as fit in the hour, half of them at 24x24.
-  assert config.time_budget_minutes == 57.0 and config.warmup_epochs >= 1
+  assert config.time_budget_minutes == 54.0 and config.warmup_epochs >= 1
   assert config.low_res_epochs / config.num_epochs == 0.5
 
 
@@ -187,17 +185,7 @@ def test_fast_recipe_trains_resumes_exactly_and_logs_its_schedule(
   full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
   expected = train.train_and_evaluate(config, full_dir, dataset)
 
-  real_batches = data.train_batches
-  served = {"n": 0}
-
-  def interrupting(*args, **kwargs):
-    for batch in real_batches(*args, **kwargs):
-      served["n"] += 1
-      if served["n"] == 6:  # mid epoch 2
-        os.kill(os.getpid(), signal.SIGINT)
-      yield batch
-
-  monkeypatch.setattr(data, "train_batches", interrupting)
+  real_batches = interrupt_at_batch(monkeypatch, 6)  # mid epoch 2
   with pytest.raises(train.Interrupted, match="saved step 6"):
     train.train_and_evaluate(config, cut_dir, dataset)
   monkeypatch.setattr(data, "train_batches", real_batches)

@@ -4,12 +4,11 @@ import functools
 import json
 import logging
 import os
-import signal
 
 import jax
 import numpy as np
 import pytest
-from conftest import compilations
+from conftest import compilations, interrupt_at_batch
 
 from densenet_jax import (
   augment,
@@ -233,17 +232,7 @@ def test_a_time_budget_sets_the_epochs_after_the_first_and_keeps_them(
 
   # Stopped in the middle of epoch 3 (step 10), after the decision: the
   # resumed run keeps it (a new one would be 5 epochs) and ends the same.
-  real_batches = data.train_batches
-  served = {"n": 0}
-
-  def interrupting(*args, **kwargs):
-    for batch in real_batches(*args, **kwargs):
-      served["n"] += 1
-      if served["n"] == 12:  # two more: the step-time checks' batches
-        os.kill(os.getpid(), signal.SIGINT)
-      yield batch
-
-  monkeypatch.setattr(data, "train_batches", interrupting)
+  real_batches = interrupt_at_batch(monkeypatch, 12)  # 2 for step-time checks
   with pytest.raises(train.Interrupted, match="saved step 10"):
     train.train_and_evaluate(smoke_config, cut_dir, dataset)
   monkeypatch.setattr(data, "train_batches", real_batches)
@@ -337,17 +326,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(
   expected = train.train_and_evaluate(smoke_config, full_dir, dataset)
 
   # Ctrl-C in the middle of epoch 2 (after its first batch, step 5).
-  real_batches = data.train_batches
-  served = {"n": 0}
-
-  def interrupting(*args, **kwargs):
-    for batch in real_batches(*args, **kwargs):
-      served["n"] += 1
-      if served["n"] == 6:
-        os.kill(os.getpid(), signal.SIGINT)
-      yield batch
-
-  monkeypatch.setattr(data, "train_batches", interrupting)
+  real_batches = interrupt_at_batch(monkeypatch, 6)
   with pytest.raises(train.Interrupted, match="SIGINT received: saved step 6"):
     train.train_and_evaluate(smoke_config, cut_dir, dataset)
   state, meta = latest_params(cut_dir, smoke_config, dataset)
