@@ -49,12 +49,18 @@ def create_train_state(
 ) -> TrainState:
   """Fresh state; `steps_per_epoch` sizes the learning-rate schedule (any
   value will do for a template that only restores a checkpoint)."""
-  init = jax.jit(
+  variables = _initialiser(model)(*_init_inputs(config, image_shape))
+  return state_with_variables(config, model, variables, steps_per_epoch)
+
+
+@functools.lru_cache(maxsize=None)
+def _initialiser(model):
+  """The jitted initialiser of a model, one for equal models: a second
+  fresh state in one process (tests, notebooks) compiles nothing."""
+  return jax.jit(
     functools.partial(model.init, train=False),
     compiler_options=INIT_COMPILER_OPTIONS,
   )
-  variables = init(*_init_inputs(config, image_shape))
-  return state_with_variables(config, model, variables, steps_per_epoch)
 
 
 def _init_inputs(config, image_shape):

@@ -55,6 +55,17 @@ def test_the_initial_state_holds_what_the_optimised_initialiser_draws(
   )
 
 
+def test_a_second_fresh_state_compiles_no_initialiser(smoke_config, caplog):
+  steps.create_train_state(
+    smoke_config, models.create_model("tiny"), (32, 32, 3)
+  )
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    again = models.create_model("tiny")  # an equal model
+    steps.create_train_state(smoke_config, again, (32, 32, 3))
+  compiled = compilations(caplog)
+  assert not [m for m in compiled if "init" in m], compiled
+
+
 def test_a_state_of_given_variables_is_a_fresh_state_holding_them(
   smoke_config,
 ):
