@@ -244,12 +244,14 @@ class _Run:
     first_started = record.first_epoch_started_s or 0.0  # 0: not recorded
     overhead_s = max(elapsed - first_started - first_s, 0.0)
     test_s = overhead_s * len(splits["test"]) / len(splits["validation"])
-    share, full_s = 0.0, first_s
+    share, full_s, steps_s = 0.0, first_s, ""
     if config.get("low_res_px"):
       share = config.low_res_epochs / config.num_epochs
+      low, full = self.train_step_seconds()
       # The host's work per step is the same at both sizes: only the
       # steps' own times differ.
-      full_s += self.steps_per_epoch * self.full_minus_low_res_step_s()
+      full_s += self.steps_per_epoch * max(full - low, 0.0)
+      steps_s = f"; one step {low:.3f} s at low resolution, {full:.3f} s"
     left = config.time_budget_minutes * 60 - test_s
     left -= time.perf_counter() - started
     plan = budget.epochs_within(left, first_s, full_s, overhead_s, share)
@@ -259,7 +261,7 @@ class _Run:
       f"time budget {config.time_budget_minutes:g} min: "
       f"{config.num_epochs} epochs, {config.low_res_epochs} of them at low "
       f"resolution (the first took {first_s:.1f} s, a full-size one "
-      f"about {full_s:.1f} s, {overhead_s:.1f} s between epochs)"
+      f"about {full_s:.1f} s, {overhead_s:.1f} s between epochs{steps_s})"
     )
     return steps.replicate(self.state)
 
@@ -279,17 +281,16 @@ class _Run:
       jax.block_until_ready(step(steps.replicate(self.state), batch))
     record.first_epoch_started_s = time.perf_counter() - started
 
-  def full_minus_low_res_step_s(self) -> float:
-    """How much longer a full-size train step takes than a low-res one,
-    timed on one batch with copies of the state."""
+  def train_step_seconds(self) -> tuple[float, float]:
+    """The low-res and the full-size train step's seconds, timed on one
+    batch with copies of the state."""
     batch = epoch.first_batches(
       self.config, self.dataset.splits, self.steps_per_epoch
     )[0]
-    low, full = (
+    return tuple(
       budget.seconds_per_step(step, steps.replicate(self.state), batch)
       for step in (self.p_train_low, self.p_train)
     )
-    return max(full - low, 0.0)
 
   def apply_plan(self, plan) -> None:
     """Sets the epochs a time budget decided: the config (and its
