@@ -8,7 +8,11 @@ learning-rate schedule then runs over that many epochs. A full-size epoch
 is costed as a low-resolution one plus, for each of its steps, the
 difference of the two train steps' times on one batch (the host's work per
 step is the same at both sizes). So the same command uses an hour on any
-machine, whatever its speed, and a resumed run keeps the number it decided.
+machine, whatever its speed. The plan is corrected after every full-size
+epoch from the last ones' measured times (a VM's speed drifts within an
+hour, and one timed step misjudges an epoch by a fifth either way); the
+learning-rate schedule's rest is fitted to each correction without a jump
+(optim.retime). A resumed run keeps the plan it had.
 """
 
 import time
@@ -39,6 +43,12 @@ def epochs_within(
     if cost > seconds or n > 100_000:
       return best
     best = (n, small)
+
+
+def epochs_fitting(seconds: float, epoch_s: float, overhead_s: float) -> int:
+  """How many more epochs of `epoch_s` seconds, each followed by
+  `overhead_s`, fit in `seconds`."""
+  return max(int(seconds // (epoch_s + overhead_s)), 0)
 
 
 def seconds_per_step(step, state, batch, repeats: int = 5) -> float:

@@ -25,10 +25,12 @@ class RunRecord:
   best_train_loss: float | None = None
   wait: int = 0  # epochs since the training loss last improved
   stopped_early: bool = False
-  # With a time budget: seconds from the start to the first epoch's, and
-  # the [epochs, low-res epochs] decided after it (densenet_jax.budget).
+  # With a time budget: seconds from the start to the first epoch's, the
+  # [epochs, low-res epochs] planned (densenet_jax.budget) and the number
+  # of epochs done when they were.
   first_epoch_started_s: float | None = None
   planned: list | None = None
+  planned_after: int | None = None
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -182,6 +184,15 @@ def scores_test(config, epoch: int) -> bool:
   `test_every_epochs`th epoch and the last one, none when that is 0."""
   every = config.test_every_epochs
   return bool(every) and (epoch % every == 0 or epoch == config.num_epochs)
+
+
+def gaps(history: list) -> list:
+  """The seconds between each epoch after the first and the one before it
+  (validation, checkpoints, a plan), from the rows' times."""
+  return [
+    row["wall_time_s"] - before["wall_time_s"] - row["epoch_time_s"]
+    for before, row in zip(history, history[1:])
+  ]
 
 
 def elapsed_before(record: RunRecord) -> float:

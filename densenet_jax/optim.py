@@ -14,6 +14,9 @@
 Every optimizer is wrapped in `optax.inject_hyperparams`, so the learning
 rate of the current step (a schedule's value) is in
 `opt_state.hyperparams["learning_rate"]`, where the loop logs it from.
+With a time budget the schedule is `Retimable`: the run's length, decided
+and corrected as it goes, is in the optimizer state (`retime`), so the
+compiled steps stay as they are.
 
 Schedules (`lr_schedule`), each after `warmup_epochs` of linear warm-up from
 0 when that is positive:
@@ -33,6 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from densenet_jax import errors
@@ -99,6 +103,63 @@ def learning_rate_schedule(config, steps_per_epoch: int):
   return optax.join_schedules(
     [optax.linear_schedule(0.0, peak, warmup), main], [warmup]
   )
+
+
+class ClockState(NamedTuple):
+  """A retimable schedule's state: the step count and the line that maps it
+  to a position on the schedule, offset + rate * count, which reaches `end`
+  (the schedule's own length) on the run's last step."""
+
+  count: jax.Array
+  offset: jax.Array
+  rate: jax.Array
+  end: jax.Array
+
+
+class Retimable:
+  """An optax stateful schedule (for `inject_hyperparams`) whose rest can be
+  fitted to another number of steps between two steps (`retime`): the
+  length lives in the state, not in the compiled update."""
+
+  def __init__(self, schedule, end_step: int):
+    self.schedule, self.end_step = schedule, end_step
+
+  def init(self) -> ClockState:
+    return ClockState(
+      jnp.zeros([], jnp.int32),
+      jnp.zeros([], jnp.float32),
+      jnp.ones([], jnp.float32),
+      jnp.asarray(self.end_step, jnp.float32),
+    )
+
+  def update(self, state: ClockState, **extra_args) -> ClockState:
+    del extra_args
+    return state._replace(count=optax.safe_increment(state.count))
+
+  def __call__(self, state: ClockState, **extra_args):
+    del extra_args
+    return self.schedule(state.offset + state.rate * state.count)
+
+
+def retime(opt_state, total_steps: int):
+  """The optimizer state with its schedule's rest fitted to end after
+  `total_steps` steps in all: from the current step's position the rest
+  is stretched or shrunk evenly, so the learning rate goes on from where
+  it is (a one-cycle's decay stays a straight line, now to zero at the new
+  end). Unchanged for a schedule that is not Retimable."""
+  clock = opt_state.hyperparams_states.get("learning_rate")
+  if not isinstance(clock, ClockState):
+    return opt_state
+  count = int(clock.count)
+  position = float(clock.offset) + float(clock.rate) * count
+  left = total_steps - count
+  rate = (float(clock.end) - position) / left if left > 0 else 0.0
+  clock = clock._replace(
+    offset=np.float32(position - rate * count if left > 0 else clock.end),
+    rate=np.float32(rate),
+  )
+  states = dict(opt_state.hyperparams_states, learning_rate=clock)
+  return opt_state._replace(hyperparams_states=states)
 
 
 class KerasAdamState(NamedTuple):
@@ -220,6 +281,7 @@ def _used_settings(config, steps_per_epoch: int):
     settings["num_epochs"], steps_per_epoch = 1, 1  # the length is unused
   else:
     settings["num_epochs"] = config.num_epochs
+    settings["retimable"] = bool(config.get("time_budget_minutes"))
   return ml_collections.FrozenConfigDict(settings), steps_per_epoch
 
 
@@ -229,6 +291,10 @@ def _used_settings(config, steps_per_epoch: int):
 @functools.lru_cache(maxsize=None)
 def _cached_optimizer(settings, steps_per_epoch: int):
   learning_rate = learning_rate_schedule(settings, steps_per_epoch)
+  if settings.get("retimable"):
+    learning_rate = Retimable(
+      learning_rate, settings.num_epochs * steps_per_epoch
+    )
   if settings.optimizer == "adam":
     return optax.inject_hyperparams(keras_adam)(
       learning_rate=learning_rate,

@@ -17,6 +17,7 @@ import time
 import flax.jax_utils
 import jax
 import ml_collections
+import numpy as np
 
 from densenet_jax import (
   budget,
@@ -199,7 +200,7 @@ class _Run:
         ):
           if record.stopped_early:
             break
-          if self.plan_pending(record) and record.history:
+          if self.plan_due(record):
             replicated = self.plan_budget(record, started)
           replicated, stopped = epoch.train_epoch(
             config,
@@ -229,21 +230,60 @@ class _Run:
       ) from None
 
   def plan_pending(self, record: epoch.RunRecord) -> bool:
-    """Whether a time budget still waits for its decision."""
+    """Whether a time budget still waits for its first decision."""
     return bool(self.config.time_budget_minutes) and not record.planned
 
+  def plan_due(self, record: epoch.RunRecord) -> bool:
+    """Whether to plan before the next epoch: after the first, and again
+    after each full-size epoch, once (a resumed run keeps the plan made
+    before its epoch)."""
+    done = len(record.history)
+    if not (self.config.time_budget_minutes and done):
+      return False
+    return not record.planned or (
+      done > max(record.planned_after or 0, self.config.low_res_epochs)
+    )
+
   def plan_budget(self, record: epoch.RunRecord, started: float):
-    """After the first epoch: as many epochs as fit in the time budget
-    (densenet_jax.budget); returns the state replicated with the learning
-    rate schedule of that many."""
-    config, splits = self.config, self.dataset.splits
-    first_s = record.history[0]["epoch_time_s"]
-    elapsed = time.perf_counter() - started
-    # Validation and checkpoints after the first epoch; the test at the end
-    # is costed as validation scaled to the test set's size.
-    first_started = record.first_epoch_started_s or 0.0  # 0: not recorded
-    overhead_s = max(elapsed - first_started - first_s, 0.0)
+    """As many epochs as fit in the time budget (densenet_jax.budget),
+    planned after the first epoch and corrected after each full-size one;
+    returns the state replicated with the schedule's rest fitted to them."""
+    plan, detail = (self.correct_plan if record.planned else self.first_plan)(
+      record, started
+    )
+    before = record.planned
+    record.planned = list(distributed.main_process_ints(plan))
+    record.planned_after = len(record.history)
+    if record.planned != before:
+      self.apply_plan(record.planned)
+      self.state = self.state.replace(
+        opt_state=optim.retime(
+          self.state.opt_state, self.config.num_epochs * self.steps_per_epoch
+        )
+      )
+      distributed.log(
+        f"time budget {self.config.time_budget_minutes:g} min: "
+        f"{self.config.num_epochs} epochs, {self.config.low_res_epochs} of "
+        f"them at low resolution ({detail})"
+      )
+    return steps.replicate(self.state)
+
+  def seconds_left(self, started: float, overhead_s: float) -> float:
+    """The budget's seconds still free, less the test at the end (costed as
+    the gap between epochs, validation, scaled to the test set's size)."""
+    splits = self.dataset.splits
     test_s = overhead_s * len(splits["test"]) / len(splits["validation"])
+    spent = time.perf_counter() - started
+    return self.config.time_budget_minutes * 60 - test_s - spent
+
+  def first_plan(self, record: epoch.RunRecord, started: float):
+    """After the first epoch: its time, the gap after it, and the two train
+    steps' times on one batch cost a low-res and a full-size epoch."""
+    config = self.config
+    first_s = record.history[0]["epoch_time_s"]
+    first_started = record.first_epoch_started_s or 0.0  # 0: not recorded
+    elapsed = time.perf_counter() - started
+    overhead_s = max(elapsed - first_started - first_s, 0.0)
     share, full_s, steps_s = 0.0, first_s, ""
     if config.get("low_res_px"):
       share = config.low_res_epochs / config.num_epochs
@@ -252,18 +292,26 @@ class _Run:
       # steps' own times differ.
       full_s += self.steps_per_epoch * max(full - low, 0.0)
       steps_s = f"; one step {low:.3f} s at low resolution, {full:.3f} s"
-    left = config.time_budget_minutes * 60 - test_s
-    left -= time.perf_counter() - started
+    left = self.seconds_left(started, overhead_s)
     plan = budget.epochs_within(left, first_s, full_s, overhead_s, share)
-    record.planned = list(distributed.main_process_ints(plan))
-    self.apply_plan(record.planned)
-    distributed.log(
-      f"time budget {config.time_budget_minutes:g} min: "
-      f"{config.num_epochs} epochs, {config.low_res_epochs} of them at low "
-      f"resolution (the first took {first_s:.1f} s, a full-size one "
-      f"about {full_s:.1f} s, {overhead_s:.1f} s between epochs{steps_s})"
+    return plan, (
+      f"the first took {first_s:.1f} s, a full-size one about {full_s:.1f} "
+      f"s, {overhead_s:.1f} s between epochs{steps_s}"
     )
-    return steps.replicate(self.state)
+
+  def correct_plan(self, record: epoch.RunRecord, started: float):
+    """After a full-size epoch: as many more as fit at the last (up to
+    three) full-size epochs' mean time and gaps."""
+    history = record.history
+    recent = history[self.config.low_res_epochs :][-3:]
+    epoch_s = float(np.mean([row["epoch_time_s"] for row in recent]))
+    overhead_s = float(np.median(epoch.gaps(history)[-3:]))
+    left = self.seconds_left(started, overhead_s)
+    more = budget.epochs_fitting(left, epoch_s, overhead_s)
+    return (len(history) + more, self.config.low_res_epochs), (
+      f"the last full-size epochs took {epoch_s:.1f} s, "
+      f"{overhead_s:.1f} s between epochs"
+    )
 
   def start_timing(self, record: epoch.RunRecord, started: float) -> None:
     """With a time budget, before a fresh run's first epoch: its train step
@@ -293,11 +341,9 @@ class _Run:
     )
 
   def apply_plan(self, plan) -> None:
-    """Sets the epochs a time budget decided: the config (and its
-    config.json) and the state's learning rate schedule."""
+    """Sets the epochs a time budget decided in the config and its
+    config.json (the schedule's length is in the optimizer state)."""
     self.config.num_epochs, self.config.low_res_epochs = plan
-    tx = optim.create_optimizer(self.config, self.steps_per_epoch)
-    self.state = self.state.replace(tx=tx)
     _write_config(self.workdir, self.config)
 
   def train_step_of(self, epoch_index: int):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from densenet_jax import budget
+from densenet_jax import budget, epoch
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,18 @@ def test_epochs_within_counts_the_time_between_epochs():
   assert budget.epochs_within(105.0, 30.0, 30.0, 5.0, 0.0) == (4, 0)
   # All low-res: only the first epoch's time counts.
   assert budget.epochs_within(100.0, 10.0, 99.0, 0.0, 1.0) == (11, 11)
+
+
+def test_epochs_fitting_counts_whole_epochs_with_their_gaps():
+  assert budget.epochs_fitting(229.0, 100.0, 15.0) == 1
+  assert budget.epochs_fitting(230.0, 100.0, 15.0) == 2
+  assert budget.epochs_fitting(-5.0, 100.0, 15.0) == 0  # over budget
+
+
+def test_gaps_are_the_seconds_between_epochs():
+  history = [
+    {"epoch_time_s": 10.0, "wall_time_s": 30.0},
+    {"epoch_time_s": 20.0, "wall_time_s": 53.0},
+    {"epoch_time_s": 20.0, "wall_time_s": 77.5},
+  ]
+  assert epoch.gaps(history) == [3.0, 4.5]

@@ -1,5 +1,6 @@
 """Schedules, weight decay and its mask, optimizer caching (no model runs)."""
 
+import logging
 import re
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import compilations
 
 from densenet_jax import configs, errors, models, optim
 
@@ -75,6 +77,51 @@ def test_the_logged_learning_rate_follows_the_schedule():
   np.testing.assert_allclose(
     state.hyperparams["learning_rate"], schedule(14), rtol=1e-6
   )
+
+
+def test_retime_fits_the_schedules_rest_to_a_new_length_from_where_it_is(
+  caplog,
+):
+  config = schedule_config(
+    optimizer="sgd",
+    lr_schedule="onecycle",
+    warmup_epochs=1.0,
+    time_budget_minutes=60.0,
+  )
+  tx = optim.create_optimizer(config, SPE)  # 10 epochs: 100 steps
+  params = {"w": jnp.ones(3)}
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  caplog.set_level(logging.WARNING)
+
+  def run(state, n):
+    lrs = []
+    for _ in range(n):
+      _, state = update({"w": jnp.zeros(3)}, state, params)
+      lrs.append(float(state.hyperparams["learning_rate"]))
+    return state, np.array(lrs)
+
+  with jax.log_compiles():
+    state, before = run(state, 30)
+    state, shrunk = run(optim.retime(state, 60), 15)
+    state, stretched = run(optim.retime(state, 90), 45)
+  # The length is in the state: the update compiles once.
+  assert len([m for m in compilations(caplog) if "update_fn" in m]) == 1
+  schedule = optim.learning_rate_schedule(config, SPE)
+  np.testing.assert_allclose(before, values(schedule, range(30)), rtol=1e-6)
+  # Shrunk to 60 steps in all: from the value at step 30 in a straight line
+  # to zero at step 60; then stretched to 90 from step 45's value.
+  np.testing.assert_allclose(
+    shrunk, schedule(30) * (60 - np.arange(30, 45)) / 30, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    stretched, schedule(30) / 2 * (90 - np.arange(45, 90)) / 45, rtol=1e-5
+  )
+  assert stretched[-1] > 0 and run(state, 1)[1][0] == 0.0
+  # Without a time budget the schedule's length is fixed.
+  fixed = optim.create_optimizer(schedule_config(lr_schedule="onecycle"), SPE)
+  fixed_state = fixed.init(params)
+  assert optim.retime(fixed_state, 60) is fixed_state
 
 
 def test_only_conv_and_dense_kernels_decay():

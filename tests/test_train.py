@@ -207,7 +207,7 @@ def test_the_first_low_res_epochs_use_the_low_res_step(
   assert result["epochs"] == 3 and np.isfinite(result["test_loss"])
 
 
-def test_a_time_budget_sets_the_epochs_after_the_first_and_keeps_them(
+def test_a_time_budget_plans_after_the_first_epoch_corrects_and_keeps_it(
   smoke_config, dataset, tmp_path, monkeypatch
 ):
   smoke_config.update(
@@ -218,38 +218,50 @@ def test_a_time_budget_sets_the_epochs_after_the_first_and_keeps_them(
     low_res_px=16,
     low_res_epochs=1,
   )
-  asked = []
+  asked, corrections = [], []
 
   def plan(seconds, first_s, full_s, overhead_s, share):
     asked.append((seconds, first_s, full_s, overhead_s, share))
-    return (3, 2)
+    return (3, 1)
+
+  def more(seconds, epoch_s, overhead_s):
+    corrections.append((seconds, epoch_s, overhead_s))
+    return [2, 1][len(corrections) - 1]  # 4 epochs after epoch 2, kept
 
   monkeypatch.setattr(budget, "epochs_within", plan)
+  monkeypatch.setattr(budget, "epochs_fitting", more)
   full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
   expected = train.train_and_evaluate(smoke_config, full_dir, dataset)
-  assert expected["epochs"] == 3 and len(asked) == 1
+  assert expected["epochs"] == 4 and len(asked) == 1 and len(corrections) == 2
   seconds, first_s, full_s, overhead_s, share = asked[0]
   assert 0 < first_s <= full_s and 0 <= overhead_s and share == 0.5
   assert 0 < 30 * 60 - seconds < 60  # the time spent so far, and the test's
+  for seconds, epoch_s, overhead_s in corrections:
+    assert 0 < 30 * 60 - seconds < 60 and epoch_s > 0 and overhead_s >= 0
   saved = json.loads((full_dir / "config.json").read_text())
-  assert (saved["num_epochs"], saved["low_res_epochs"]) == (3, 2)
+  assert (saved["num_epochs"], saved["low_res_epochs"]) == (4, 1)
   assert smoke_config.num_epochs == 2  # the caller's config is left alone
-  # The schedule spans 3 epochs of 4 steps: the last step's learning rate
-  # is the peak / 8 (warm-up over the first 4, linear decay to 0 at 12).
+  # Epochs of 4 steps: warm-up over the first 4, then a decay to 0 at step
+  # 12 (3 epochs), from step 8 on a straight line to 0 at step 16 instead.
   rows = reporting.read_metrics_csv(full_dir / "metrics.csv")
   np.testing.assert_allclose(
-    rows[-1]["learning_rate"], smoke_config.learning_rate / 8, rtol=1e-6
+    [row["learning_rate"] for row in rows[1:]],
+    np.array([5 / 8, 5 / 16, 1 / 16]) * smoke_config.learning_rate,
+    rtol=1e-5,
   )
 
-  # Stopped in the middle of epoch 3 (step 10), after the decision: the
-  # resumed run keeps it (a new one would be 5 epochs) and ends the same.
+  # Stopped in the middle of epoch 3 (step 10), after the correction: the
+  # resumed run keeps the plan and ends the same; after epoch 3 the plan is
+  # corrected as in the first run.
   real_batches = interrupt_at_batch(monkeypatch, 12)  # 2 for step-time checks
+  corrections.clear()
   with pytest.raises(train.Interrupted, match="saved step 10"):
     train.train_and_evaluate(smoke_config, cut_dir, dataset)
   monkeypatch.setattr(data, "train_batches", real_batches)
   monkeypatch.setattr(budget, "epochs_within", lambda *args: (5, 3))
+  corrections[:] = [None]  # the resumed run's next correction keeps 4
   assert train.train_and_evaluate(smoke_config, cut_dir, dataset) == expected
-  assert len(asked) == 2  # decided once in each run, not on the resume
+  assert len(asked) == 2 and len(corrections) == 2
 
 
 def test_batch_sizes_the_devices_cannot_split_are_refused(smoke_config):
