@@ -307,7 +307,7 @@ def _main(argv):
 
 def _score_kept(args) -> list[dict]:
   where = inference.locate(args.workdir, "latest")
-  config = inference.read_config(where.workdir)
+  config = where.config
   dataset = data.load(
     config.dataset,
     args.data_dir or config.data_dir,

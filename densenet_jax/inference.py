@@ -31,10 +31,14 @@ CheckpointError = checkpointing.CheckpointError
 
 @dataclasses.dataclass(frozen=True)
 class Location:
-  """Where a run's files are: the workdir and one checkpoint kind in it."""
+  """Where a run's files are: the workdir and one checkpoint kind in it,
+  with the config the run saved."""
 
   workdir: pathlib.Path
   kind: str  # "best" or "latest"
+  config: ml_collections.ConfigDict = dataclasses.field(
+    compare=False, repr=False
+  )
 
   @property
   def checkpoints(self) -> pathlib.Path:
@@ -43,7 +47,8 @@ class Location:
 
 def locate(path, kind: str | None = None) -> Location:
   """Accepts a workdir, its checkpoints/ folder, checkpoints/best|latest or
-  one step folder in it; checks that a config and checkpoints are there.
+  one step folder in it; reads the config (checked) and checks that
+  checkpoints are there.
   `kind` None: the checkpoint the run scored on test (its test_checkpoint;
   "best" for runs older than that field)."""
   if kind is not None and kind not in checkpointing.KINDS:
@@ -70,9 +75,10 @@ def locate(path, kind: str | None = None) -> Location:
     raise CheckpointError(
       f"{path} has no config.json: not a densenet_jax workdir"
     )
+  config = read_config(path)
   if kind is None:
-    kind = read_config(path).get("test_checkpoint", "best")
-  where = Location(path, kind)
+    kind = config.get("test_checkpoint", "best")
+  where = Location(path, kind, config)
   if not where.checkpoints.is_dir():
     raise CheckpointError(
       f"{path} has no {kind} checkpoint ({where.checkpoints} is missing): "
@@ -188,7 +194,7 @@ def load(path, kind: str | None = None, step: int | None = None) -> Model:
   scored on test) checkpoint of a workdir (or of the checkpoint folder
   given), or its `step`, with the config saved beside it."""
   where = locate(path, kind)
-  config = read_config(where.workdir)
+  config = where.config
   names = data.class_names(config.dataset)
   module = models.from_config(config, len(names))
   what = (

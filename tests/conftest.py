@@ -1,5 +1,6 @@
 """Shared fixtures: tiny synthetic CIFAR-shaped data and the smoke config."""
 
+import json
 import pathlib
 
 import pytest
@@ -91,6 +92,14 @@ def compilations(caplog) -> list:
     for r in caplog.records
     if r.getMessage().startswith("Finished XLA compilation")
   ]
+
+
+def set_run_config(workdir, **changes) -> None:
+  """Changes fields of the config.json a run saved in `workdir`."""
+  path = pathlib.Path(workdir) / "config.json"
+  config = json.loads(path.read_text())
+  config.update(changes)
+  path.write_text(json.dumps(config))
 
 
 def tree_digest(path) -> dict:

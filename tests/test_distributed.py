@@ -167,3 +167,31 @@ def test_start_up_waits_generously_for_the_other_processes(monkeypatch):
   monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
   distributed.initialize("localhost:1", 2, 0)
   assert calls[-1]["initialization_timeout"] == 90
+
+
+def test_host_side_collectives_agree_across_processes():
+  # What one process decides (a time budget's plan) reaches the others.
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  script = (
+    "import sys\n"
+    "from densenet_jax import distributed\n"
+    "i = int(sys.argv[1])\n"
+    f"distributed.initialize('localhost:{port}', 2, i)\n"
+    "print(distributed.main_process_ints([31 + i, 16 - i]),"
+    " distributed.any_process(i == 1))\n"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COORDINATOR_ADDRESS"}
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", script, str(i)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  for out in finish(*procs):
+    assert out.strip().splitlines()[-1] == "(31, 16) True"

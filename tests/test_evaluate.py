@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import set_run_config
 
 from densenet_jax import checkpointing, evaluate, reporting
 
@@ -84,7 +85,7 @@ def test_kept_checkpoints_score_what_training_scored(trained_workdir, capsys):
 
 
 def test_evaluate_scores_the_checkpoint_training_tested(workdir_copy, capsys):
-  _set_config(workdir_copy, test_checkpoint="latest")
+  set_run_config(workdir_copy, test_checkpoint="latest")
   last = reporting.read_metrics_csv(workdir_copy / "metrics.csv")[-1]
   tested = {"checkpoint": "latest", "checkpoint_step": 8}
   tested["test_accuracy"] = last["test_accuracy"]  # the last epoch's score
@@ -93,13 +94,6 @@ def test_evaluate_scores_the_checkpoint_training_tested(workdir_copy, capsys):
   assert result["step"] == 8 and result["accuracy"] == last["test_accuracy"]
   assert "for this checkpoint: equal" in capsys.readouterr().out
   assert (workdir_copy / "eval" / "latest_test.json").is_file()
-
-
-def _set_config(workdir, **changes):
-  path = workdir / "config.json"
-  config = json.loads(path.read_text())
-  config.update(changes)
-  path.write_text(json.dumps(config))
 
 
 def _damage(workdir, how):
@@ -120,13 +114,13 @@ def _damage(workdir, how):
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return f"cannot read checkpoint {step} \\(truncated or corrupted\\?\\)"
   if how == "other preset":
-    _set_config(workdir, model="reference")
+    set_run_config(workdir, model="reference")
     return (
       f"checkpoint {step} was not made by model 'reference' with 10 classes"
       " \\(synthetic\\), as .*config.json says: params/\\S+ has shape "
     )
   if how == "other class count":
-    _set_config(workdir, dataset="cifar100")
+    set_run_config(workdir, dataset="cifar100")
     return (
       "not made by model 'tiny' with 100 classes \\(cifar100\\), as "
       ".*config.json says: params/classifier/bias has shape \\(10,\\) there, "

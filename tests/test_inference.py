@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import set_run_config
 
 import densenet_jax
 from densenet_jax import data, errors
@@ -73,14 +74,12 @@ def test_class_names():
 
 
 def test_load_defaults_to_the_checkpoint_training_tested(workdir_copy):
-  path = workdir_copy / "config.json"
-  config = json.loads(path.read_text())
-  assert config["test_checkpoint"] == "best"
-  config["test_checkpoint"] = "latest"  # as cpu90's runs say
-  path.write_text(json.dumps(config))
+  saved = json.loads((workdir_copy / "config.json").read_text())
+  assert saved["test_checkpoint"] == "best"
+  set_run_config(workdir_copy, test_checkpoint="latest")  # as cpu90's runs
   assert densenet_jax.load(workdir_copy).checkpoint.parent.name == "latest"
   best = densenet_jax.load(workdir_copy, kind="best")
   assert best.checkpoint.parent.name == "best"
-  del config["test_checkpoint"]  # a run from before the field: the best
-  path.write_text(json.dumps(config))
+  del saved["test_checkpoint"]  # a run from before the field: the best
+  (workdir_copy / "config.json").write_text(json.dumps(saved))
   assert densenet_jax.load(workdir_copy).checkpoint == best.checkpoint
