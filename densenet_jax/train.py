@@ -200,8 +200,8 @@ class _Run:
         ):
           if record.stopped_early:
             break
-          if self.plan_due(record):
-            replicated = self.plan_budget(record, started)
+          if self.plan_due(record) and self.plan_budget(record, started):
+            replicated = steps.replicate(self.state)  # the schedule retimed
           replicated, stopped = epoch.train_epoch(
             config,
             self.train_step_of(len(record.history)),
@@ -244,10 +244,10 @@ class _Run:
       done > max(record.planned_after or 0, self.config.low_res_epochs)
     )
 
-  def plan_budget(self, record: epoch.RunRecord, started: float):
+  def plan_budget(self, record: epoch.RunRecord, started: float) -> bool:
     """As many epochs as fit in the time budget (densenet_jax.budget),
     planned after the first epoch and corrected after each full-size one;
-    returns the state replicated with the schedule's rest fitted to them."""
+    whether the plan changed (then the state's schedule is retimed)."""
     plan, detail = (self.correct_plan if record.planned else self.first_plan)(
       record, started
     )
@@ -266,7 +266,7 @@ class _Run:
         f"{self.config.num_epochs} epochs, {self.config.low_res_epochs} of "
         f"them at low resolution ({detail})"
       )
-    return steps.replicate(self.state)
+    return record.planned != before
 
   def seconds_left(self, started: float, overhead_s: float) -> float:
     """The budget's seconds still free, less the test at the end (costed as
