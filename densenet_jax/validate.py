@@ -166,9 +166,9 @@ def _optimizer(cfg) -> None:
       )
   if cfg.get("optimizer") == "adam":
     if cfg.get("weight_decay"):
-      _fail(f"weight_decay={cfg.weight_decay} needs optimizer='sgd'")
+      _fail(f"weight_decay={cfg.weight_decay} needs sgd or muon")
     if cfg.get("bn_bias_lr_scale", 1) != 1:
-      _fail(f"bn_bias_lr_scale={cfg.bn_bias_lr_scale} needs optimizer='sgd'")
+      _fail(f"bn_bias_lr_scale={cfg.bn_bias_lr_scale} needs sgd or muon")
 
 
 def _low_res(cfg) -> None:

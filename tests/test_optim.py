@@ -221,7 +221,7 @@ def test_equal_settings_give_the_identical_optimizer():
     (dict(optimizer="lamb"), "optimizer='lamb' is unknown"),
     (dict(lr_schedule="exp"), "lr_schedule='exp' is unknown"),
     (dict(optimizer="sgd", weight_decay_mode="l1"), "weight_decay_mode='l1'"),
-    (dict(weight_decay=1e-4), "weight_decay=0.0001 needs optimizer='sgd'"),
+    (dict(weight_decay=1e-4), "weight_decay=0.0001 needs sgd or muon"),
   ],
 )
 def test_unknown_settings_are_refused(fields, message):
@@ -240,6 +240,45 @@ def test_sgd_without_decay_is_optax_sgd():
     u, s = tx.update(grads, s, params)
     v, r = reference.update(grads, r, params)
     np.testing.assert_allclose(u["w"], v["w"], rtol=1e-6)
+
+
+def test_muon_orthogonalizes_conv_kernel_steps_and_leaves_the_rest_to_sgd():
+  model = models.create_model("tiny")
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  )["params"]
+  keys = iter(jax.random.split(jax.random.key(1), 64))
+  grads = jax.tree.map(
+    lambda s: jax.random.normal(next(keys), s.shape) * 1e-3, shapes
+  )
+  params = jax.tree.map(jnp.ones_like, grads)
+  settings = dict(learning_rate=0.5, momentum=0.9, weight_decay=0.0)
+  updates = {}
+  for name in ("sgd", "muon"):
+    tx = optim.create_optimizer(
+      schedule_config(optimizer=name, **settings), SPE
+    )
+    state = tx.init(params)
+    for _ in range(2):
+      update, state = tx.update(grads, state, params)
+    updates[name] = dict(
+      (jax.tree_util.keystr(path), np.asarray(u))
+      for path, u in jax.tree_util.tree_flatten_with_path(update)[0]
+    )
+  convs = [k for k, u in updates["muon"].items() if u.ndim == 4]
+  assert len(convs) == 7  # stem, 2 layers x 2, 2 transitions
+  for name, sgd_step in updates["sgd"].items():
+    muon_step = updates["muon"][name]
+    if name not in convs:
+      np.testing.assert_allclose(muon_step, sgd_step, rtol=1e-6)
+      continue
+    # The step is the learning rate times a matrix of singular values near
+    # 1 (Newton-Schulz's quintic leaves them within about 0.7-1.2), whatever
+    # the gradients' scale: SGD's steps here are thousands of times smaller.
+    matrix = muon_step.reshape(-1, muon_step.shape[-1]) / -0.5
+    singular = np.linalg.svd(matrix, compute_uv=False)
+    assert 0.6 < singular.min() and singular.max() < 1.25, (name, singular)
+    assert np.abs(sgd_step).max() < 0.05 * np.abs(muon_step).max()
 
 
 def test_adam_steps_as_keras_adam_does():

@@ -61,7 +61,7 @@ def no_work(monkeypatch):
     (["--config.adam_eps=0.0"], "adam_eps=0.0 must be a finite number > 0"),
     (
       ["--config.bn_bias_lr_scale=64"],
-      "bn_bias_lr_scale=64.0 needs optimizer='sgd'",
+      "bn_bias_lr_scale=64.0 needs sgd or muon",
     ),
     (["--config.low_res_px=24"], "low_res_px=24 and low_res_epochs=0 go"),
     (

@@ -47,19 +47,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.alternating_flips = False
 
   # Optimisation: Adam with Keras' defaults (see densenet_jax/optim.py).
-  config.optimizer = "adam"  # adam or sgd
+  config.optimizer = "adam"  # adam, sgd or muon (sgd, conv kernels by Muon)
   config.learning_rate = 1e-3  # the peak, with a schedule
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-7
-  config.momentum = 0.9  # sgd only
-  config.nesterov = True  # sgd only
-  # Weight decay (sgd only): "l2" adds weight_decay * p to the gradient,
+  config.momentum = 0.9  # sgd, muon
+  config.nesterov = True  # sgd, muon
+  # Weight decay (sgd, muon): "l2" adds weight_decay * p to the gradient,
   # "decoupled" subtracts learning_rate * weight_decay * p from p.
   config.weight_decay = 0.0
   config.weight_decay_mode = "l2"
   config.weight_decay_kernels_only = True  # spare BatchNorm and biases
-  config.bn_bias_lr_scale = 1.0  # sgd only: BatchNorm offsets' step factor
+  config.bn_bias_lr_scale = 1.0  # sgd, muon: BatchNorm offsets' step factor
   # Schedule: constant, step, cosine or onecycle, after a linear warm-up.
   config.lr_schedule = "constant"
   config.warmup_epochs = 0.0
