@@ -213,7 +213,8 @@ CONV_KERNEL_AXES = optax.contrib.MuonDimensionNumbers(
 
 
 def conv_kernel_labels(params):
-  """ "muon" for conv kernels (4-D), "sgd" for every other parameter."""
+  """Which transformation steps each parameter: "muon" for conv kernels
+  (4-D), "sgd" for the rest."""
   return jax.tree.map(lambda p: "muon" if p.ndim == 4 else "sgd", params)
 
 

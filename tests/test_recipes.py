@@ -170,6 +170,8 @@ def test_cpu90_scores_test_after_its_run_not_within_it():
   assert models.TTA.of(config) == models.TTA(flip=True, translate_px=1)
   # Its schedule ends at a learning rate of zero: the last state is tested.
   assert config.test_checkpoint == "latest"
+  # Its conv kernels step by Muon.
+  assert config.optimizer == "muon"
   # As many epochs as fit in the hour, half of them at 24x24.
   assert config.time_budget_minutes == 58.0 and config.warmup_epochs >= 1
   assert config.low_res_epochs / config.num_epochs == 0.5
