@@ -11,14 +11,14 @@ without the budget, 38), the first half of them on the augmented images
 scaled down to 24x24 (progressive resizing: such an epoch takes about half
 the time of a full-size one), SGD with Nesterov momentum whose conv kernels
 step along their momentum orthogonalized (Muon, `optimizer="muon"`: after
-six epochs 85.08% test against SGD's 83.10%, same seed and machine), a one-
-cycle schedule (one epoch of warm-up to 0.2, then linear decay to 0),
+six epochs 85.08% test against SGD's 83.10%, same seed and machine), a
+one-cycle schedule (one epoch of warm-up to 0.2, then linear decay to 0),
 decoupled weight decay 2e-3 on kernels, BatchNorm offsets stepping 64 times
 as far as the other parameters, label smoothing 0.2, random crops of the
 image zero-padded by 2 pixels and flips, an exponential moving average of
 the weights (decay 0.999) for validation and test, test-time augmentation
-with flips and moves of one pixel (each image also moved down-right and up-
-left: six views, about 3 s of validation an epoch instead of 1). The
+with flips and moves of one pixel (each image also moved down-right and
+up-left: six views, about 3 s of validation an epoch instead of 1). The
 checkpoint of every third epoch is kept for the curve of test accuracy
 against wall time, scored after the run (`python -m densenet_jax.evaluate
 --workdir runs/cpu90 --kept`), so that the hour trains instead of scoring
