@@ -10,7 +10,7 @@ import optax
 import pytest
 from conftest import compilations
 
-from densenet_jax import configs, errors, models, optim
+from densenet_jax import configs, errors, inference, models, optim
 
 SPE = 10  # steps per epoch
 
@@ -125,10 +125,7 @@ def test_retime_fits_the_schedules_rest_to_a_new_length_from_where_it_is(
 
 
 def test_only_conv_and_dense_kernels_decay():
-  model = models.create_model("tiny")
-  params = jax.eval_shape(
-    lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
-  )["params"]
+  params = inference.variable_shapes(models.create_model("tiny"))["params"]
   mask = optim.kernel_mask(params)
   flat = {
     jax.tree_util.keystr(path): m
@@ -177,10 +174,7 @@ def test_coupled_decay_goes_through_momentum_decoupled_does_not():
 
 
 def test_batch_norm_offsets_step_bn_bias_lr_scale_times_as_far():
-  model = models.create_model("tiny")
-  shapes = jax.eval_shape(
-    lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
-  )["params"]
+  shapes = inference.variable_shapes(models.create_model("tiny"))["params"]
   params = grads = jax.tree.map(lambda s: jnp.ones(s.shape), shapes)
   settings = dict(optimizer="sgd", learning_rate=0.1, weight_decay=1e-3)
   tx = optim.create_optimizer(schedule_config(**settings), SPE)
@@ -243,10 +237,7 @@ def test_sgd_without_decay_is_optax_sgd():
 
 
 def test_muon_orthogonalizes_conv_kernel_steps_and_leaves_the_rest_to_sgd():
-  model = models.create_model("tiny")
-  shapes = jax.eval_shape(
-    lambda: model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
-  )["params"]
+  shapes = inference.variable_shapes(models.create_model("tiny"))["params"]
   keys = iter(jax.random.split(jax.random.key(1), 64))
   grads = jax.tree.map(
     lambda s: jax.random.normal(next(keys), s.shape) * 1e-3, shapes
