@@ -286,6 +286,21 @@ _SCHEDULE_FIELDS = {
 }
 
 
+def check_adam_fields(config) -> None:
+  """Adam takes neither weight decay nor a BatchNorm offset learning-rate
+  scale: a config asking Adam for them is refused, not half-run."""
+  if config.get("optimizer") != "adam":
+    return
+  if config.get("weight_decay"):
+    raise errors.UserError(
+      f"weight_decay={config.weight_decay} needs sgd or muon"
+    )
+  if config.get("bn_bias_lr_scale", 1) != 1:
+    raise errors.UserError(
+      f"bn_bias_lr_scale={config.bn_bias_lr_scale} needs sgd or muon"
+    )
+
+
 def create_optimizer(config, steps_per_epoch: int = 1):
   """The config's optimizer; `steps_per_epoch` sets the schedule's length
   (any value will do for a template that only restores a checkpoint)."""
@@ -294,10 +309,7 @@ def create_optimizer(config, steps_per_epoch: int = 1):
       f"optimizer={config.optimizer!r} is unknown; choose one of "
       f"{', '.join(OPTIMIZERS)}"
     )
-  if config.optimizer == "adam" and config.weight_decay:
-    raise errors.UserError(
-      f"weight_decay={config.weight_decay} needs sgd or muon"
-    )
+  check_adam_fields(config)
   if config.optimizer != "adam" and (
     config.weight_decay_mode not in WEIGHT_DECAY_MODES
   ):

@@ -164,11 +164,7 @@ def _optimizer(cfg) -> None:
         f"lr_step_fractions={fractions!r} must be fractions of the run, "
         "each > 0 and < 1"
       )
-  if cfg.get("optimizer") == "adam":
-    if cfg.get("weight_decay"):
-      _fail(f"weight_decay={cfg.weight_decay} needs sgd or muon")
-    if cfg.get("bn_bias_lr_scale", 1) != 1:
-      _fail(f"bn_bias_lr_scale={cfg.bn_bias_lr_scale} needs sgd or muon")
+  optim.check_adam_fields(cfg)
 
 
 def _low_res(cfg) -> None:

@@ -216,6 +216,7 @@ def test_equal_settings_give_the_identical_optimizer():
     (dict(lr_schedule="exp"), "lr_schedule='exp' is unknown"),
     (dict(optimizer="sgd", weight_decay_mode="l1"), "weight_decay_mode='l1'"),
     (dict(weight_decay=1e-4), "weight_decay=0.0001 needs sgd or muon"),
+    (dict(bn_bias_lr_scale=64.0), "bn_bias_lr_scale=64.0 needs sgd or muon"),
   ],
 )
 def test_unknown_settings_are_refused(fields, message):
