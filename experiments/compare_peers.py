@@ -205,6 +205,21 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
+def portable(command: list[str]) -> str:
+  """A command line as the report shows it: `python` for this interpreter,
+  files by their path in this repository, or by name where outside it."""
+  words = []
+  for word in command:
+    path = pathlib.Path(word)
+    if word == sys.executable:
+      word = "python"
+    elif path.is_absolute():
+      inside = path.is_relative_to(ROOT)
+      word = str(path.relative_to(ROOT)) if inside else path.name
+    words.append(word)
+  return " ".join(words)
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
   impls = implementations(args)
@@ -236,7 +251,7 @@ def main(argv=None) -> dict:
     "machine": machine(),
     "load_before": load_before,
     "load_after": [round(x, 2) for x in os.getloadavg()],
-    "commands": {k: " ".join(v) for k, v in impls.items()},
+    "commands": {k: portable(v) for k, v in impls.items()},
     "runs": runs,
     "summary": summarise(runs),
   }

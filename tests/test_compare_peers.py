@@ -47,6 +47,9 @@ def test_ratios_to_each_peer_and_the_fastest(compare_peers, tmp_path):
   assert ratios["fastest peer"]["eval_img_s"] == pytest.approx(
     ours["eval_img_s"] / 100.0
   )
+  commands = report["commands"]  # no paths of this machine
+  assert commands["pytorch"] == "python torch_densenet.py --batch 8 --steps 1"
+  assert commands["densenet_jax"].startswith("python -m densenet_jax.benchmark")
   saved = json.loads((out / "report.json").read_text())
   assert saved["summary"] == json.loads(json.dumps(report["summary"]))
   table = (out / "report.md").read_text()
