@@ -57,6 +57,12 @@ def parse_args(argv=None):
   parser.add_argument("--repeats", type=int, default=3, help="timed runs")
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps")
   parser.add_argument(
+    "--whiten-stem",
+    action="store_true",
+    help="the stem whitened and frozen (config whiten_stem): its kernel "
+    "gradient is not computed",
+  )
+  parser.add_argument(
     "--no-xla-defaults",
     action="store_true",
     help="do not add densenet_jax.xla_flags' CPU flags",
@@ -173,6 +179,7 @@ def run(args) -> dict:
   config.model, config.dtype, config.impl = args.model, args.dtype, args.impl
   config.batch_size = args.batch_size
   config.eval_batch_size = args.eval_batch_size or args.batch_size
+  config.whiten_stem = args.whiten_stem
   data.check_batch_sizes(config, jax.device_count())
   if args.mode == "pipeline":
     val_size = 100 if args.dataset == "synthetic" else config.val_size
@@ -183,7 +190,9 @@ def run(args) -> dict:
     split = data.synthetic_split(max(config.batch_size, 1), seed=0)
     num_classes = 10
   model = models.from_config(config, num_classes, axis_name=steps.AXIS)
-  state = steps.create_train_state(config, model, split.images.shape[1:])
+  state = steps.create_train_state(
+    config, model, split.images.shape[1:], images=split.images
+  )
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   augment_config = (
     augment.settings(config.augment) if args.mode == "pipeline" else None
@@ -196,6 +205,7 @@ def run(args) -> dict:
     "eval_batch_size": config.eval_batch_size,
     "dtype": config.dtype,
     "mode": args.mode,
+    "whiten_stem": args.whiten_stem,
     "dataset": args.dataset if args.mode == "pipeline" else "synthetic",
   }
   result["env"] = _environment(jax)
@@ -226,7 +236,9 @@ class _Timers:
     self.args, self.config, self.split = args, config, split
     self.augment_config = augment_config
     self.n_dev = jax.local_device_count()
-    self.p_train, self.p_eval = steps.make_steps(augment_config)
+    self.p_train, self.p_eval = steps.make_steps(
+      augment_config, frozen_stem=config.whiten_stem
+    )
     self.state = steps.replicate(state)
     self.batch = next(
       data.train_batches(split, config.batch_size, config.seed, epoch=0)

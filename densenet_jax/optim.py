@@ -73,6 +73,24 @@ def batch_norm_bias_mask(params):
   return mask(params)
 
 
+def stem_kernel_mask(params):
+  """True for the stem convolution's kernel only."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: (
+      [getattr(k, "key", None) for k in path] == ["stem_conv", "kernel"]
+    ),
+    params,
+  )
+
+
+def with_stem_frozen(tx, freeze_stem: bool) -> optax.GradientTransformation:
+  """`tx`, whose updates of the stem kernel are zero when `freeze_stem` (a
+  whitened stem, config whiten_stem, keeps its initial filters)."""
+  if not freeze_stem:
+    return tx
+  return optax.chain(tx, optax.masked(optax.set_to_zero(), stem_kernel_mask))
+
+
 def learning_rate_schedule(config, steps_per_epoch: int):
   """The config's learning rate: a float when constant, else an optax
   schedule of the step."""
@@ -198,12 +216,15 @@ def scale_by_keras_adam(b1: float, b2: float, eps: float):
   return optax.GradientTransformation(init, update)
 
 
-def keras_adam(learning_rate, b1: float, b2: float, eps: float):
+def keras_adam(
+  learning_rate, b1: float, b2: float, eps: float, freeze_stem: bool = False
+):
   """Adam as tf.keras.optimizers.Adam computes it (scale_by_keras_adam)."""
-  return optax.chain(
+  tx = optax.chain(
     scale_by_keras_adam(b1, b2, eps),
     optax.scale_by_learning_rate(learning_rate),
   )
+  return with_stem_frozen(tx, freeze_stem)
 
 
 # A conv kernel (kh, kw, in, out) as the matrix Muon orthogonalizes.
@@ -246,6 +267,7 @@ def sgd(
   kernels_only: bool,
   bn_bias_lr_scale: float = 1.0,
   muon: bool = False,
+  freeze_stem: bool = False,
 ) -> optax.GradientTransformation:
   """SGD with momentum and coupled or decoupled weight decay; the steps of
   BatchNorm offsets (their weight decay included) times `bn_bias_lr_scale`;
@@ -260,7 +282,7 @@ def sgd(
     step.append(
       optax.masked(optax.scale(bn_bias_lr_scale), batch_norm_bias_mask)
     )
-  return optax.chain(*step)
+  return with_stem_frozen(optax.chain(*step), freeze_stem)
 
 
 # The fields each optimizer and schedule reads: with the step count, the
@@ -329,6 +351,7 @@ def _used_settings(config, steps_per_epoch: int):
   names += _OPTIMIZER_FIELDS[config.optimizer]
   names += _SCHEDULE_FIELDS[config.lr_schedule]
   settings = {name: config[name] for name in names}
+  settings["freeze_stem"] = bool(config.get("whiten_stem", False))
   if config.lr_schedule == "constant" and not config.warmup_epochs:
     settings["num_epochs"], steps_per_epoch = 1, 1  # the length is unused
   else:
@@ -348,11 +371,12 @@ def _cached_optimizer(settings, steps_per_epoch: int):
       learning_rate, settings.num_epochs * steps_per_epoch
     )
   if settings.optimizer == "adam":
-    return optax.inject_hyperparams(keras_adam)(
+    return optax.inject_hyperparams(keras_adam, static_args="freeze_stem")(
       learning_rate=learning_rate,
       b1=settings.adam_b1,
       b2=settings.adam_b2,
       eps=settings.adam_eps,
+      freeze_stem=settings.freeze_stem,
     )
   return optax.inject_hyperparams(
     sgd,
@@ -362,6 +386,7 @@ def _cached_optimizer(settings, steps_per_epoch: int):
       "kernels_only",
       "bn_bias_lr_scale",
       "muon",
+      "freeze_stem",
     ),
   )(
     learning_rate=learning_rate,
@@ -372,4 +397,5 @@ def _cached_optimizer(settings, steps_per_epoch: int):
     kernels_only=settings.weight_decay_kernels_only,
     bn_bias_lr_scale=settings.bn_bias_lr_scale,
     muon=settings.optimizer == "muon",
+    freeze_stem=settings.freeze_stem,
   )

@@ -159,7 +159,9 @@ class _Run:
       )
       started -= epoch.elapsed_before(record)
     else:
-      self.state = steps.create_train_state(*self.state_args)
+      self.state = steps.create_train_state(
+        *self.state_args, images=self.dataset.splits["train"].images
+      )
     try:
       self.train(record, started)
       self.ckpt.wait()

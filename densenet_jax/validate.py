@@ -49,6 +49,7 @@ _BOOLS = (
   "nesterov",
   "weight_decay_kernels_only",
   "tta_flip",
+  "whiten_stem",
 )
 # name: (low, high, high included); low is always included.
 _RANGES = {
@@ -137,6 +138,9 @@ def config(cfg, check_sizes: bool = True) -> None:
   if "augment" in cfg:
     _augment(cfg.augment)
   _low_res(cfg)
+  if cfg.get("whiten_stem") and cfg.get("model") in models.PRESETS:
+    model = models.PRESETS[cfg.model]()
+    models.check_whitenable((3, 3, 3, model.stem_features))
   _time_budget(cfg)
   if cfg.get("data_dir") is not None and not isinstance(cfg.data_dir, str):
     _fail(f"data_dir={cfg.data_dir!r} must be a path")

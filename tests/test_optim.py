@@ -317,3 +317,28 @@ def test_adam_steps_as_keras_adam_does():
     updates, adam_state = adam.update({"w": jnp.asarray(g)}, adam_state)
     other = optax.apply_updates(other, updates)
   assert np.max(np.abs(other["w"] - want)) > 1e-5
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "muon"])
+def test_a_whitened_stem_keeps_its_kernel(name):
+  shapes = inference.variable_shapes(models.create_model("tiny"))["params"]
+  params = grads = jax.tree.map(lambda s: jnp.ones(s.shape), shapes)
+  fields = dict(optimizer=name, learning_rate=0.1)
+  if name != "adam":
+    fields |= dict(weight_decay=1e-3, weight_decay_mode="decoupled")
+  steps = {}
+  for whiten in (False, True):
+    tx = optim.create_optimizer(
+      schedule_config(**fields, whiten_stem=whiten), SPE
+    )
+    update = tx.update(grads, tx.init(params), params)[0]
+    steps[whiten] = {
+      jax.tree_util.keystr(path): np.asarray(u)
+      for path, u in jax.tree_util.tree_flatten_with_path(update)[0]
+    }
+  stem = "['stem_conv']['kernel']"
+  assert np.abs(steps[False][stem]).min() > 0
+  np.testing.assert_array_equal(steps[True][stem], 0.0)
+  for key, step in steps[False].items():  # every other parameter as before
+    if key != stem:
+      np.testing.assert_array_equal(steps[True][key], step, err_msg=key)

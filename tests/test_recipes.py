@@ -45,6 +45,58 @@ def test_ema_decay_warms_up_then_holds():
   np.testing.assert_allclose(late["w"], 0.001, rtol=1e-4)
 
 
+def smooth_images(n: int, seed: int = 0) -> np.ndarray:
+  """uint8 images whose neighbouring pixels and channels correlate, as
+  photographs' do: random 8x8 colour fields upsampled 4x and blurred."""
+  rng = np.random.default_rng(seed)
+  base = (
+    rng.uniform(0, 255, (n, 8, 8, 1)) * 0.7
+    + rng.uniform(0, 255, (n, 8, 8, 3)) * 0.3
+  )
+  up = np.repeat(np.repeat(base, 4, axis=1), 4, axis=2)
+  up = (up + np.roll(up, 1, axis=1) + np.roll(up, 1, axis=2)) / 3
+  noise = rng.normal(0, 4, up.shape)
+  return np.clip(up + noise, 0, 255).astype(np.uint8)
+
+
+def test_the_whitened_stem_decorrelates_its_outputs():
+  images = smooth_images(300)
+  kernel = models.whitening_kernel(images, (3, 3, 3, 32))
+  # The stem's convolution (without padding: whole patches only).
+  out = jax.lax.conv_general_dilated(
+    models.scale_inputs(images),
+    jnp.asarray(kernel),
+    (1, 1),
+    "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision="highest",
+  )
+  out = np.asarray(out, np.float64).reshape(-1, 32)
+  moments = out[:, :16].T @ out[:, :16] / len(out)
+  # Uncorrelated, of unit second moment along the leading eigenvector and
+  # lambda / (lambda + eps) along the others, in the eigenvalues' order.
+  np.testing.assert_allclose(moments - np.diag(np.diag(moments)), 0, atol=2e-3)
+  diagonal = np.diag(moments)
+  assert 0.999 < diagonal[0] < 1.0001 and diagonal[-1] > 0.5
+  assert np.all(np.diff(diagonal) < 1e-6)
+  np.testing.assert_array_equal(kernel[..., 16:], -kernel[..., :16])
+
+
+def test_a_fresh_state_starts_from_the_whitened_stem(smoke_config, dataset):
+  smoke_config.whiten_stem = True
+  smoke_config.ema_decay = 0.9
+  images = smooth_images(64)
+  model = models.from_config(
+    smoke_config, dataset.num_classes, axis_name=steps.AXIS
+  )
+  state = steps.create_train_state(smoke_config, model, (32, 32, 3), 1, images)
+  kernel = models.whitening_kernel(images, (3, 3, 3, 4))
+  for variables in (state.params, state.ema["params"]):
+    np.testing.assert_array_equal(variables["stem_conv"]["kernel"], kernel)
+  with pytest.raises(ValueError, match="whiten_stem needs the training"):
+    steps.create_train_state(smoke_config, model, (32, 32, 3))
+
+
 def tiny_state(config, dataset):
   model = models.from_config(config, dataset.num_classes, axis_name=steps.AXIS)
   return steps.create_train_state(config, model, (32, 32, 3))
@@ -251,3 +303,32 @@ def test_a_run_without_ema_saves_the_state_it_saved_before(
   ckpt.close()
   assert restored.ema is None
   jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
+
+
+def test_a_whitened_stem_gets_no_gradient_and_stays(smoke_config, dataset):
+  smoke_config.whiten_stem = True
+  smoke_config.optimizer = "sgd"
+  smoke_config.weight_decay = 1e-2
+  smoke_config.weight_decay_mode = "decoupled"
+  model = models.from_config(
+    smoke_config, dataset.num_classes, axis_name=steps.AXIS
+  )
+  state = steps.create_train_state(
+    smoke_config, model, (32, 32, 3), images=dataset.splits["train"].images
+  )
+  batch = next(data.train_batches(dataset.splits["train"], 32, 0, 0))
+
+  def convolutions(frozen_stem):
+    jaxpr = jax.make_jaxpr(
+      lambda s, b: steps.train_step(s, b, frozen_stem=frozen_stem),
+      axis_env=[(steps.AXIS, 1)],
+    )(state, batch)
+    return str(jaxpr).count("conv_general_dilated")
+
+  # Without the stem kernel's gradient: one convolution fewer.
+  assert convolutions(True) == convolutions(False) - 1
+  p_train, _ = steps.make_steps_for(smoke_config)
+  after, _ = p_train(steps.replicate(state), data.shard(batch, 1))
+  kernel = state.params["stem_conv"]["kernel"]
+  np.testing.assert_array_equal(after.params["stem_conv"]["kernel"][0], kernel)
+  assert np.abs(after.params["stem_conv"]["bias"][0]).max() > 0

@@ -92,6 +92,10 @@ def no_work(monkeypatch):
       "augment.alternating_flips=True needs augment.horizontal_flip=True",
     ),
     (["--config.lr_step_fractions=(0.5, 2)"], "lr_step_fractions=(0.5, 2)"),
+    (
+      ["--config.whiten_stem=True", "--config.model=cpu_wide_stem"],
+      "a whitened 3x3 stem needs an even number of filters, at most 54",
+    ),
     (["--config.val_size=50000"], "val_size=50000 must be between 1 and 49999"),
     (["--config.nosuch=3"], "unknown config key 'nosuch'; known: adam_b1"),
     (["--config.augment.zoom=1"], "unknown config key 'augment.zoom'; known"),

@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   # used for validation and test; 0: off. The decay is warmed up as
   # min(ema_decay, (1 + step) / (10 + step)).
   config.ema_decay = 0.0
+  # The stem kernel whitens the training images' 3x3 patches and stays as
+  # initialised (airbench's first layer; models.whitening_kernel).
+  config.whiten_stem = False
   config.tta_flip = False  # eval on the mean logits of image and its mirror
   # Eval also on the image moved this many pixels each way diagonally
   # (models.TTA); 0: off.
