@@ -110,6 +110,13 @@ class _Run:
     # A copy: a time budget changes num_epochs and low_res_epochs.
     config = copy.deepcopy(config)
     self.config, self.dataset, self.workdir = config, dataset, workdir
+    # The share of low-res epochs a time budget keeps, as configured.
+    self.low_res_share = (
+      config.low_res_epochs / config.num_epochs
+      if config.get("low_res_px")
+      else 0.0
+    )
+    self.step_seconds = None  # the low-res and full-size train steps' times
     self.steps_per_epoch = steps_per_epoch
     image_shape = dataset.splits["train"].images.shape[1:]
     model = models.from_config(
@@ -236,21 +243,22 @@ class _Run:
     return bool(self.config.time_budget_minutes) and not record.planned
 
   def plan_due(self, record: epoch.RunRecord) -> bool:
-    """Whether to plan before the next epoch: after the first, and again
-    after each full-size epoch, once (a resumed run keeps the plan made
-    before its epoch)."""
+    """Whether to plan before the next epoch: after each epoch, once (a
+    resumed run keeps the plan made before its epoch)."""
     done = len(record.history)
     if not (self.config.time_budget_minutes and done):
       return False
-    return not record.planned or (
-      done > max(record.planned_after or 0, self.config.low_res_epochs)
-    )
+    return not record.planned or done > (record.planned_after or 0)
 
   def plan_budget(self, record: epoch.RunRecord, started: float) -> bool:
     """As many epochs as fit in the time budget (densenet_jax.budget),
-    planned after the first epoch and corrected after each full-size one;
-    whether the plan changed (then the state's schedule is retimed)."""
-    plan, detail = (self.correct_plan if record.planned else self.first_plan)(
+    planned after the first epoch and after each further low-res one,
+    corrected after each full-size one; whether the plan changed (then the
+    state's schedule is retimed)."""
+    full_done = record.planned and len(record.history) > (
+      self.config.low_res_epochs
+    )
+    plan, detail = (self.correct_plan if full_done else self.low_res_plan)(
       record, started
     )
     before = record.planned
@@ -278,27 +286,37 @@ class _Run:
     spent = time.perf_counter() - started
     return self.config.time_budget_minutes * 60 - test_s - spent
 
-  def first_plan(self, record: epoch.RunRecord, started: float):
-    """After the first epoch: its time, the gap after it, and the two train
-    steps' times on one batch cost a low-res and a full-size epoch."""
-    config = self.config
-    first_s = record.history[0]["epoch_time_s"]
-    first_started = record.first_epoch_started_s or 0.0  # 0: not recorded
-    elapsed = time.perf_counter() - started
-    overhead_s = max(elapsed - first_started - first_s, 0.0)
-    share, full_s, steps_s = 0.0, first_s, ""
-    if config.get("low_res_px"):
-      share = config.low_res_epochs / config.num_epochs
-      low, full = self.train_step_seconds()
+  def low_res_plan(self, record: epoch.RunRecord, started: float):
+    """After the first epoch and each further low-res one before any
+    full-size one: the last (up to three) epochs' mean time and gaps (the
+    first's gap: from its end to now), and the two train steps' times on one
+    batch, cost a low-res and a full-size epoch."""
+    history = record.history
+    low_s = float(np.mean([row["epoch_time_s"] for row in history[-3:]]))
+    if len(history) == 1:
+      first_started = record.first_epoch_started_s or 0.0  # 0: not recorded
+      elapsed = time.perf_counter() - started
+      overhead_s = max(elapsed - first_started - low_s, 0.0)
+      took = f"the first took {low_s:.1f} s"
+    else:
+      overhead_s = float(np.median(epoch.gaps(history)[-3:]))
+      took = f"the last low-res epochs took {low_s:.1f} s"
+    full_s, steps_s = low_s, ""
+    if self.low_res_share:
+      if self.step_seconds is None:
+        self.step_seconds = self.train_step_seconds()
+      low, full = self.step_seconds
       # The host's work per step is the same at both sizes: only the
       # steps' own times differ.
       full_s += self.steps_per_epoch * max(full - low, 0.0)
       steps_s = f"; one step {low:.3f} s at low resolution, {full:.3f} s"
     left = self.seconds_left(started, overhead_s)
-    plan = budget.epochs_within(left, first_s, full_s, overhead_s, share)
+    plan = budget.epochs_within(
+      left, low_s, full_s, overhead_s, self.low_res_share, len(history)
+    )
     return plan, (
-      f"the first took {first_s:.1f} s, a full-size one about {full_s:.1f} "
-      f"s, {overhead_s:.1f} s between epochs{steps_s}"
+      f"{took}, a full-size one about {full_s:.1f} s, {overhead_s:.1f} s "
+      f"between epochs{steps_s}"
     )
 
   def correct_plan(self, record: epoch.RunRecord, started: float):
@@ -333,14 +351,19 @@ class _Run:
 
   def train_step_seconds(self) -> tuple[float, float]:
     """The low-res and the full-size train step's seconds, timed on one
-    batch with copies of the state."""
+    batch with copies of the state, taking turns, once the epoch's
+    checkpoints are written (in other threads, which the timed steps would
+    share the cores with)."""
+    self.ckpt.wait()
     batch = epoch.first_batches(
       self.config, self.dataset.splits, self.steps_per_epoch
     )[0]
-    return tuple(
-      budget.seconds_per_step(step, steps.replicate(self.state), batch)
-      for step in (self.p_train_low, self.p_train)
+    low, full = budget.seconds_per_step(
+      (self.p_train_low, self.p_train),
+      [steps.replicate(self.state) for _ in range(2)],
+      batch,
     )
+    return low, full
 
   def apply_plan(self, plan) -> None:
     """Sets the epochs a time budget decided in the config and its

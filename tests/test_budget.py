@@ -1,5 +1,7 @@
 """budget: how many epochs fit in a time budget."""
 
+import time
+
 import pytest
 
 from densenet_jax import budget, epoch
@@ -27,6 +29,34 @@ def test_epochs_within_counts_the_time_between_epochs():
   assert budget.epochs_within(105.0, 30.0, 30.0, 5.0, 0.0) == (4, 0)
   # All low-res: only the first epoch's time counts.
   assert budget.epochs_within(100.0, 10.0, 99.0, 0.0, 1.0) == (11, 11)
+
+
+def test_epochs_within_counts_from_the_low_res_epochs_done():
+  # 3 low-res epochs done: 2 full-size ones (40) make 5; 6 would need 3
+  # (60); 7, round(3.5) = 4 of them low-res, 1 more low-res and 3
+  # full-size (70). With less time, none more, and never fewer than 3.
+  assert budget.epochs_within(59.0, 10.0, 20.0, 0.0, 0.5, done=3) == (5, 3)
+  assert budget.epochs_within(70.0, 10.0, 20.0, 0.0, 0.5, done=3) == (7, 4)
+  assert budget.epochs_within(19.0, 10.0, 20.0, 0.0, 0.5, done=3) == (3, 3)
+  assert budget.epochs_within(20.0, 10.0, 20.0, 0.0, 0.2, done=3) == (4, 3)
+
+
+def test_train_steps_are_timed_taking_turns():
+  calls = []
+
+  def step_of(name, seconds):
+    def step(state, batch):
+      calls.append(name)
+      time.sleep(seconds)
+      return state + 1, None
+
+    return step
+
+  low, full = budget.seconds_per_step(
+    (step_of("low", 0.01), step_of("full", 0.03)), [0, 0], None, repeats=3
+  )
+  assert calls == ["low", "full"] * 4  # a first, untimed call of each
+  assert low >= 0.01 and full >= 0.03  # the fastest call of each
 
 
 def test_epochs_fitting_counts_whole_epochs_with_their_gaps():

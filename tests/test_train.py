@@ -207,20 +207,26 @@ def test_the_first_low_res_epochs_use_the_low_res_step(
   assert result["epochs"] == 3 and np.isfinite(result["test_loss"])
 
 
-def test_a_time_budget_plans_after_the_first_epoch_corrects_and_keeps_it(
-  smoke_config, dataset, tmp_path, monkeypatch
-):
-  smoke_config.update(
+def with_time_budget(config, num_epochs: int, low_res_epochs: int) -> None:
+  """A 30-minute budget, one-cycle, its first low_res_epochs at 16x16."""
+  config.update(
     time_budget_minutes=30.0,
     lr_schedule="onecycle",
     warmup_epochs=1.0,
-    num_epochs=2,
+    num_epochs=num_epochs,
     low_res_px=16,
-    low_res_epochs=1,
+    low_res_epochs=low_res_epochs,
   )
+
+
+def test_a_time_budget_plans_after_the_first_epoch_corrects_and_keeps_it(
+  smoke_config, dataset, tmp_path, monkeypatch
+):
+  with_time_budget(smoke_config, num_epochs=2, low_res_epochs=1)
   asked, corrections = [], []
 
-  def plan(seconds, first_s, full_s, overhead_s, share):
+  def plan(seconds, first_s, full_s, overhead_s, share, done):
+    assert done == 1  # one low-res epoch, the first: no further plan
     asked.append((seconds, first_s, full_s, overhead_s, share))
     return (3, 1)
 
@@ -262,6 +268,50 @@ def test_a_time_budget_plans_after_the_first_epoch_corrects_and_keeps_it(
   corrections[:] = [None]  # the resumed run's next correction keeps 4
   assert train.train_and_evaluate(smoke_config, cut_dir, dataset) == expected
   assert len(asked) == 2 and len(corrections) == 2
+
+
+def test_a_time_budget_plans_again_after_each_low_res_epoch(
+  smoke_config, dataset, tmp_path, monkeypatch
+):
+  with_time_budget(smoke_config, num_epochs=4, low_res_epochs=2)
+  asked, corrections, used = [], [], []
+
+  def plan(seconds, low_s, full_s, overhead_s, share, done):
+    asked.append((low_s, done, share))
+    return (4, 2) if done == 1 else (6, 3)  # a third low-res epoch
+
+  def more(seconds, epoch_s, overhead_s):
+    corrections.append(epoch_s)
+    return 2 if len(corrections) == 1 else 1  # 6 epochs in all, kept
+
+  def spy(config, p_train, *args):
+    used.append(p_train)
+    return real(config, p_train, *args)
+
+  real = epoch.train_epoch
+  monkeypatch.setattr(epoch, "train_epoch", spy)
+  monkeypatch.setattr(budget, "epochs_within", plan)
+  monkeypatch.setattr(budget, "epochs_fitting", more)
+  result = train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  low = steps.make_steps_for(smoke_config, 16)[0]
+  full = steps.make_steps_for(smoke_config)[0]
+  assert used == [low] * 3 + [full] * 3 and result["epochs"] == 6
+  # Planned after each low-res epoch from the mean of the last (up to
+  # three), then corrected after each full-size one but the last.
+  assert [done for _, done, _ in asked] == [1, 2, 3]
+  assert all(share == 0.5 for *_, share in asked)
+  times = [
+    row["epoch_time_s"]
+    for row in reporting.read_metrics_csv(tmp_path / "metrics.csv")
+  ]
+  np.testing.assert_allclose(
+    [low_s for low_s, *_ in asked],
+    [times[0], np.mean(times[:2]), np.mean(times[:3])],
+    rtol=1e-3,
+  )
+  assert len(corrections) == 2
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert (saved["num_epochs"], saved["low_res_epochs"]) == (6, 3)
 
 
 def test_batch_sizes_the_devices_cannot_split_are_refused(smoke_config):

@@ -2,33 +2,33 @@
 
     python -m densenet_jax.train --config cpu90 --workdir runs/cpu90
 
-The `cpu_medium` DenseNet (420,458 parameters: three blocks of four plain
-3x3 dense layers, growth 32, at 16x16, 8x8 and 4x4), as many epochs of 382
-steps of batch 128 over 49,000 training images (the last 1,000 validate) as
-fit in 58 minutes, everything included (`time_budget_minutes`, planned after
-the first epoch, which is timed, and corrected after each full-size one;
-without the budget, 38), the first half of them on the augmented images
-scaled down to 24x24 (progressive resizing: such an epoch takes about half
-the time of a full-size one), SGD with Nesterov momentum whose conv kernels
-step along their momentum orthogonalized (Muon, `optimizer="muon"`: after
-six epochs 85.08% test against SGD's 83.10%, same seed and machine), a
-one-cycle schedule (one epoch of warm-up to 0.2, then linear decay to 0),
-decoupled weight decay 2e-3 on kernels, BatchNorm offsets stepping 64 times
-as far as the other parameters, label smoothing 0.2, random crops of the
-image zero-padded by 2 pixels and flips, an exponential moving average of
-the weights (decay 0.999) for validation and test, test-time augmentation
-with flips and moves of one pixel (each image also moved down-right and
-up-left: six views, about 3 s of validation an epoch instead of 1). The
-checkpoint of every third epoch is kept for the curve of test accuracy
+The `cpu_medium` DenseNet (420,458 parameters: three blocks of four plain 3x3
+dense layers, growth 32, at 16x16, 8x8 and 4x4), as many epochs of 382 steps of
+batch 128 over 49,000 training images (the last 1,000 validate) as fit in 58
+minutes, everything included (`time_budget_minutes`, planned after the first
+epoch, which is timed, and after each further small one, and corrected after
+each full-size one; without the budget, 38), the first half of them on the
+augmented images scaled down to 24x24 (progressive resizing: such an epoch
+takes about half the time of a full-size one), SGD with Nesterov momentum whose
+conv kernels step along their momentum orthogonalized (Muon,
+`optimizer="muon"`: after six epochs 85.08% test against SGD's 83.10%, same
+seed and machine), a one-cycle schedule (one epoch of warm-up to 0.2, then
+linear decay to 0), decoupled weight decay 2e-3 on kernels, BatchNorm offsets
+stepping 64 times as far as the other parameters, label smoothing 0.2, random
+crops of the image zero-padded by 2 pixels and flips, an exponential moving
+average of the weights (decay 0.999) for validation and test, test-time
+augmentation with flips and moves of one pixel (each image also moved
+down-right and up-left: six views, about 3 s of validation an epoch instead of
+1). The checkpoint of every third epoch is kept for the curve of test accuracy
 against wall time, scored after the run (`python -m densenet_jax.evaluate
---workdir runs/cpu90 --kept`), so that the hour trains instead of scoring
-the test set (about 30 s a time on a Zen 3 AMD EPYC). The test score is the
-last epoch's weights': the schedule ends its learning rate at zero, and the
-lowest validation loss, which the tutorial's recipe tests, fell on epochs
-35, 39, 42 and 45 in runs of 38, 40, 48 and 48 epochs whose last epochs had
-the higher validation accuracy (by 0.2-0.4 points: losses and accuracies of
-1,000 images disagree within their noise), so no selection is made; the test
-set chooses nothing.
+--workdir runs/cpu90 --kept`), so that the hour trains instead of scoring the
+test set (about 30 s a time on a Zen 3 AMD EPYC). The test score is the last
+epoch's weights': the schedule ends its learning rate at zero, and the lowest
+validation loss, which the tutorial's recipe tests, fell on epochs 35, 39, 42
+and 45 in runs of 38, 40, 48 and 48 epochs whose last epochs had the higher
+validation accuracy (by 0.2-0.4 points: losses and accuracies of 1,000 images
+disagree within their noise), so no selection is made; the test set chooses
+nothing.
 
 Results, with the commit and the machine that produced them (one seed of
 three past the goal): the README's results table and

@@ -90,9 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Epochs without a lower training loss before stopping; 0: never stop.
   config.early_stopping_patience = 4
   # Minutes the whole run may take (0: off). After the first epoch, timed,
-  # num_epochs becomes as many epochs as fit, low_res_epochs keeping its
-  # share of them (densenet_jax.budget); needs warmup_epochs >= 1 unless
-  # the learning rate is constant.
+  # and again after each further low-res one, num_epochs becomes as many
+  # epochs as fit, low_res_epochs keeping its share of them; corrected after
+  # each full-size epoch (densenet_jax.budget); needs warmup_epochs >= 1
+  # unless the learning rate is constant.
   config.time_budget_minutes = 0.0
 
   # The checkpoint scored on test at the end (and by evaluate and predict
