@@ -277,7 +277,7 @@ def test_a_time_budget_plans_again_after_each_low_res_epoch(
   asked, corrections, used = [], [], []
 
   def plan(seconds, low_s, full_s, overhead_s, share, done):
-    asked.append((low_s, done, share))
+    asked.append((low_s, done, share, overhead_s))
     return (4, 2) if done == 1 else (6, 3)  # a third low-res epoch
 
   def more(seconds, epoch_s, overhead_s):
@@ -298,8 +298,12 @@ def test_a_time_budget_plans_again_after_each_low_res_epoch(
   assert used == [low] * 3 + [full] * 3 and result["epochs"] == 6
   # Planned after each low-res epoch from the mean of the last (up to
   # three), then corrected after each full-size one but the last.
-  assert [done for _, done, _ in asked] == [1, 2, 3]
-  assert all(share == 0.5 for *_, share in asked)
+  assert [done for _, done, *_ in asked] == [1, 2, 3]
+  assert all(share == 0.5 for _, _, share, _ in asked)
+  # The gap after the first epoch holds the first plan's timed steps: the
+  # second plan takes the gap the first measured, the third the next one.
+  gaps = epoch.gaps(reporting.read_metrics_csv(tmp_path / "metrics.csv"))
+  assert asked[1][3] == asked[0][3] and asked[2][3] == gaps[1]
   times = [
     row["epoch_time_s"]
     for row in reporting.read_metrics_csv(tmp_path / "metrics.csv")
