@@ -163,9 +163,11 @@ def train_step(
 
   def loss_fn(params):
     if frozen_stem:
-      stem = dict(params["stem_conv"])
-      stem["kernel"] = jax.lax.stop_gradient(stem["kernel"])
-      params = {**params, "stem_conv": stem}
+      params = jax.tree.map(
+        lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p,
+        params,
+        optim.stem_kernel_mask(params),
+      )
     logits, updates = state.apply_fn(
       {"params": params, "batch_stats": state.batch_stats},
       images,
