@@ -109,6 +109,20 @@ def _read_sources(name: str, sources: dict, progress: bool, cache) -> tuple:
   return Split(*arrays["train"]), Split(*arrays["test"])
 
 
+def load_for(
+  config, name: str | None = None, data_dir=None, progress: bool = True
+) -> Dataset:
+  """The data set of a run's `config`, split as it trains; `name` and
+  `data_dir` (when given) instead of the config's."""
+  return load(
+    name or config.dataset,
+    data_dir or config.data_dir,
+    config.val_size,
+    config.train_size,
+    progress=progress,
+  )
+
+
 def load(
   name: str = "cifar10",
   data_dir: str | None = None,
@@ -121,10 +135,7 @@ def load(
   `data_dir` ending in .npz is read with numpy instead. The decoded TFDS
   splits are cached (see data_cache) unless `cache` is False, or None and
   $DENSENET_JAX_DATA_CACHE is 0."""
-  if name not in DATASETS:
-    raise errors.UserError(
-      f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
-    )
+  errors.check_choice("dataset", name, DATASETS)
   if name == "synthetic":
     full = synthetic_split(SYNTHETIC_SIZES["train"], seed=0)
     test = synthetic_split(SYNTHETIC_SIZES["test"], seed=1)
@@ -191,15 +202,12 @@ def numbered_class_names(num_classes: int) -> list[str]:
 
 def class_names(dataset: str) -> list[str]:
   """The label names of a data set in DATASETS, in label order."""
+  errors.check_choice("dataset", dataset, DATASETS)
   if dataset == "cifar10":
     return list(CIFAR10_CLASSES)
   if dataset == "cifar100":
     return list(CIFAR100_CLASSES)
-  if dataset == "synthetic":
-    return numbered_class_names(SYNTHETIC_CLASSES)
-  raise errors.UserError(
-    f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}"
-  )
+  return numbered_class_names(SYNTHETIC_CLASSES)
 
 
 def _load_npz(name: str, path) -> tuple:

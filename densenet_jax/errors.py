@@ -7,3 +7,11 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
   """A configuration that cannot run, with the value that is wrong."""
+
+
+def check_choice(key: str, value, choices) -> None:
+  """UserError unless `value`, the field `key`'s, is one of `choices`."""
+  if value not in choices:
+    raise UserError(
+      f"unknown {key} {value!r}; choose one of {', '.join(choices)}"
+    )

@@ -130,7 +130,7 @@ def evaluate_kept(workdir, split: data.Split, batch_size: int) -> list[dict]:
   for step in tqdm(
     checkpointing.kept_steps(where.checkpoints), desc="kept checkpoints"
   ):
-    model = inference.load(where.workdir, "latest", step)
+    model = inference.load_at(where, step)
     history = model.meta["history"]  # at the end: the newest checkpoint's
     if model.meta.get("partial") or not history:
       continue  # saved on an interruption mid-epoch: no epoch of its own
@@ -254,9 +254,7 @@ def _main(argv):
   model = inference.load(args.workdir, args.checkpoint)
   config = model.config
   name = args.dataset or config.dataset
-  dataset = data.load(
-    name, args.data_dir or config.data_dir, config.val_size, config.train_size
-  )
+  dataset = data.load_for(config, name, args.data_dir)
   if dataset.num_classes != model.num_classes:
     raise errors.UserError(
       f"dataset {name} has {dataset.num_classes} classes, the model of "
@@ -308,12 +306,7 @@ def _main(argv):
 def _score_kept(args) -> list[dict]:
   where = inference.locate(args.workdir, "latest")
   config = where.config
-  dataset = data.load(
-    config.dataset,
-    args.data_dir or config.data_dir,
-    config.val_size,
-    config.train_size,
-  )
+  dataset = data.load_for(config, data_dir=args.data_dir)
   rows = evaluate_kept(
     where.workdir,
     dataset.splits["test"],

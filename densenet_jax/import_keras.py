@@ -30,7 +30,6 @@ from densenet_jax import (
   cli,
   configs,
   errors,
-  inference,
   models,
   steps,
 )
@@ -150,7 +149,7 @@ def _expected(shapes: dict, kind: str, path: str) -> dict:
 def to_variables(layers: list[KerasLayer], module, source: str = "the file"):
   """{"params", "batch_stats"} of `module` (a DenseNet) from Keras layers;
   KerasWeightsError names the first layer that does not fit."""
-  shapes = inference.variable_shapes(module)
+  shapes = models.variable_shapes(module)
   plan = layer_plan(module)
   what = f"the {PRESET!r} network"
   variables = {"params": {}, "batch_stats": {}}

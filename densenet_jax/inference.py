@@ -17,9 +17,7 @@ import functools
 import json
 import pathlib
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -51,10 +49,8 @@ def locate(path, kind: str | None = None) -> Location:
   checkpoints are there.
   `kind` None: the checkpoint the run scored on test (its test_checkpoint;
   "best" for runs older than that field)."""
-  if kind is not None and kind not in checkpointing.KINDS:
-    raise errors.UserError(
-      f"unknown checkpoint {kind!r}; choose {' or '.join(checkpointing.KINDS)}"
-    )
+  if kind is not None:
+    errors.check_choice("checkpoint", kind, checkpointing.KINDS)
   path = pathlib.Path(path).expanduser().absolute()
   if not path.exists():
     raise CheckpointError(f"workdir {path} does not exist")
@@ -104,15 +100,6 @@ def read_config(workdir) -> ml_collections.ConfigDict:
   except errors.UserError as err:
     raise CheckpointError(f"{path}: {err}") from None
   return config
-
-
-def variable_shapes(module: nn.Module) -> dict:
-  """ShapeDtypeStructs of params and batch_stats, without computing them."""
-  return jax.eval_shape(
-    functools.partial(module.init, train=False),
-    jax.random.key(0),
-    jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32),
-  )
 
 
 def check_images(images) -> np.ndarray:
@@ -193,7 +180,12 @@ def load(path, kind: str | None = None, step: int | None = None) -> Model:
   """Loads the newest `kind` ("best" or "latest"; None: the one the run
   scored on test) checkpoint of a workdir (or of the checkpoint folder
   given), or its `step`, with the config saved beside it."""
-  where = locate(path, kind)
+  return load_at(locate(path, kind), step)
+
+
+def load_at(where: Location, step: int | None = None) -> Model:
+  """load's model from a located checkpoint folder: its newest checkpoint
+  or its `step`."""
   config = where.config
   names = data.class_names(config.dataset)
   module = models.from_config(config, len(names))
@@ -201,7 +193,7 @@ def load(path, kind: str | None = None, step: int | None = None) -> Model:
     f"model {config.model!r} with {len(names)} classes "
     f"({config.dataset}), as {where.workdir / 'config.json'} says"
   )
-  expected = variable_shapes(module)
+  expected = models.variable_shapes(module)
   ema = bool(config.get("ema_decay", 0.0))
   if ema:  # training validated and tested the average: so do we
     expected = {"ema": expected}

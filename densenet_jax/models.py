@@ -163,15 +163,8 @@ class DenseNet(nn.Module):
 
   def _checked_impl(self) -> layers.Impl:
     """The layers of `impl`; a UserError for an unknown impl or pooling."""
-    if self.impl not in layers.IMPLS:
-      raise errors.UserError(
-        f"unknown impl {self.impl!r}; choose one of {sorted(layers.IMPLS)}"
-      )
-    if self.transition_pool not in POOLS:
-      raise errors.UserError(
-        f"unknown transition_pool {self.transition_pool!r}; choose one of "
-        f"{POOLS}"
-      )
+    errors.check_choice("impl", self.impl, sorted(layers.IMPLS))
+    errors.check_choice("transition_pool", self.transition_pool, POOLS)
     return layers.IMPLS[self.impl]
 
   def _stem(self, x, conv, norm):
@@ -339,10 +332,7 @@ PRESETS = {
 
 def create_model(preset: str, **overrides) -> DenseNet:
   """Builds a preset by name; `overrides` replace any DenseNet attribute."""
-  if preset not in PRESETS:
-    raise errors.UserError(
-      f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}"
-    )
+  errors.check_choice("model preset", preset, sorted(PRESETS))
   return PRESETS[preset](**overrides)
 
 
@@ -501,6 +491,15 @@ def _view_logits(apply_fn, variables, images, tta: TTA):
     moved = with_mirror(down_right) + with_mirror(up_left)
     logits = 0.5 * logits + 0.25 * moved
   return logits
+
+
+def variable_shapes(model: DenseNet, image_shape=(32, 32, 3)) -> dict:
+  """ShapeDtypeStructs of params and batch_stats, without computing them."""
+  return jax.eval_shape(
+    functools.partial(model.init, train=False),
+    jax.random.key(0),
+    jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+  )
 
 
 def summary(model: DenseNet, image_shape=(32, 32, 3), depth: int = 1) -> str:

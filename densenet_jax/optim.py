@@ -95,10 +95,7 @@ def learning_rate_schedule(config, steps_per_epoch: int):
   """The config's learning rate: a float when constant, else an optax
   schedule of the step."""
   kind, peak = config.lr_schedule, config.learning_rate
-  if kind not in SCHEDULES:
-    raise errors.UserError(
-      f"lr_schedule={kind!r} is unknown; choose one of {', '.join(SCHEDULES)}"
-    )
+  errors.check_choice("lr_schedule", kind, SCHEDULES)
   total = config.num_epochs * steps_per_epoch
   warmup = min(round(config.warmup_epochs * steps_per_epoch), total)
   if kind == "constant" and not warmup:
@@ -326,18 +323,11 @@ def check_adam_fields(config) -> None:
 def create_optimizer(config, steps_per_epoch: int = 1):
   """The config's optimizer; `steps_per_epoch` sets the schedule's length
   (any value will do for a template that only restores a checkpoint)."""
-  if config.optimizer not in OPTIMIZERS:
-    raise errors.UserError(
-      f"optimizer={config.optimizer!r} is unknown; choose one of "
-      f"{', '.join(OPTIMIZERS)}"
-    )
+  errors.check_choice("optimizer", config.optimizer, OPTIMIZERS)
   check_adam_fields(config)
-  if config.optimizer != "adam" and (
-    config.weight_decay_mode not in WEIGHT_DECAY_MODES
-  ):
-    raise errors.UserError(
-      f"weight_decay_mode={config.weight_decay_mode!r} is unknown; choose "
-      f"one of {', '.join(WEIGHT_DECAY_MODES)}"
+  if config.optimizer != "adam":
+    errors.check_choice(
+      "weight_decay_mode", config.weight_decay_mode, WEIGHT_DECAY_MODES
     )
   learning_rate_schedule(config, steps_per_epoch)  # fails early if wrong
   return _cached_optimizer(*_used_settings(config, steps_per_epoch))

@@ -73,12 +73,7 @@ def _main(argv):
     ]
 
   config = model.config
-  dataset = data.load(
-    config.dataset,
-    args.data_dir or config.data_dir,
-    config.val_size,
-    config.train_size,
-  )
+  dataset = data.load_for(config, data_dir=args.data_dir)
   split = dataset.splits[args.split]
   n = min(args.num, len(split))
   probs = model.predict(split.images[:n], args.batch_size)

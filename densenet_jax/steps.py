@@ -89,11 +89,12 @@ def train_state_shapes(
   computing and compiling nothing: a template to restore a checkpoint
   into."""
 
-  def fresh():
-    variables = model.init(*_init_inputs(config, image_shape), train=False)
-    return state_with_variables(config, model, variables, steps_per_epoch)
-
-  return jax.eval_shape(fresh)
+  return jax.eval_shape(
+    functools.partial(
+      state_with_variables, config, model, steps_per_epoch=steps_per_epoch
+    ),
+    models.variable_shapes(model, image_shape),
+  )
 
 
 def state_with_variables(

@@ -16,7 +16,7 @@ from densenet_jax import cli, inference, models
 
 def describe(module, depth: int = 1) -> dict:
   """The table and the parameter counts of a DenseNet module."""
-  shapes = inference.variable_shapes(module)
+  shapes = models.variable_shapes(module)
   return {
     "table": models.summary(module, inference.IMAGE_SHAPE, depth),
     "parameters": inference.num_parameters(shapes["params"]),
@@ -71,7 +71,7 @@ def _main(argv):
     module = models.create_model(args.model, num_classes=args.num_classes)
   result = describe(module, args.depth)
   print(result["table"])
-  dtype = jnp.dtype(jax.tree.leaves(inference.variable_shapes(module))[0].dtype)
+  dtype = jnp.dtype(jax.tree.leaves(models.variable_shapes(module))[0].dtype)
   print(
     f"parameters: {result['parameters']:,} trainable "
     f"({_megabytes(result['parameters'] * dtype.itemsize)} as {dtype}), "

@@ -83,13 +83,7 @@ def train_and_evaluate(
   )
   with lock:
     if dataset is None:
-      dataset = data.load(
-        config.dataset,
-        config.data_dir,
-        config.val_size,
-        config.train_size,
-        progress=distributed.is_main_process(),
-      )
+      dataset = data.load_for(config, progress=distributed.is_main_process())
     steps_per_epoch = config.steps_per_epoch or data.steps_per_epoch(
       len(dataset.splits["train"]), config.batch_size
     )

@@ -89,8 +89,7 @@ def _is_number(value) -> bool:
 
 def name(key: str, value) -> None:
   """`value` must be one of the known names for `key` (model, dtype, ...)."""
-  if value not in _NAMES[key]:
-    _fail(f"unknown {key} {value!r}; choose one of {', '.join(_NAMES[key])}")
+  errors.check_choice(key, value, _NAMES[key])
 
 
 def positive_int(key: str, value) -> None:
