@@ -271,7 +271,8 @@ def _main(argv):
   if not as_trained:
     stem += f"_translate{args.tta_translate_px}"
   result = {
-    "checkpoint": str(model.checkpoint),
+    # Relative to the workdir: results stay readable where they are copied.
+    "checkpoint": str(model.checkpoint.relative_to(workdir)),
     "step": model.step,
     "model": config.model,
     "dataset": name,

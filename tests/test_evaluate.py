@@ -18,6 +18,7 @@ def test_evaluate_equals_what_training_reported(trained_workdir, capsys):
   np.testing.assert_allclose(result["loss"], trained["test_loss"], rtol=1e-6)
   assert result["examples"] == trained["test_examples"] == 500
   assert result["step"] == trained["checkpoint_step"]
+  assert result["checkpoint"] == f"checkpoints/best/{result['step']}"
   confusion = np.array(result["confusion_matrix"])
   assert confusion.shape == (10, 10) and confusion.sum() == 500
   assert np.trace(confusion) == round(result["accuracy"] * 500)
