@@ -21,6 +21,7 @@ def describe(module, depth: int = 1) -> dict:
     "table": models.summary(module, inference.IMAGE_SHAPE, depth),
     "parameters": inference.num_parameters(shapes["params"]),
     "batch_statistics": inference.num_parameters(shapes["batch_stats"]),
+    "dtype": jax.tree.leaves(shapes["params"])[0].dtype.name,
   }
 
 
@@ -71,7 +72,7 @@ def _main(argv):
     module = models.create_model(args.model, num_classes=args.num_classes)
   result = describe(module, args.depth)
   print(result["table"])
-  dtype = jnp.dtype(jax.tree.leaves(models.variable_shapes(module))[0].dtype)
+  dtype = jnp.dtype(result["dtype"])
   print(
     f"parameters: {result['parameters']:,} trainable "
     f"({_megabytes(result['parameters'] * dtype.itemsize)} as {dtype}), "

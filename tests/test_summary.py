@@ -33,6 +33,10 @@ def test_summary_of_a_preset(capsys):
   features = (ten["parameters"] - hundred["parameters"]) // (10 - 100)
   assert features == 4 + 1  # 4 input features and a bias
   assert "checkpoint" not in ten
+  assert ten["dtype"] == "float32"
+  assert f"({ten['parameters'] * 4 / 1e3:.1f} kB as float32)" in (
+    capsys.readouterr().out
+  )
 
 
 @pytest.mark.parametrize(
