@@ -55,11 +55,13 @@ def create_train_state(
   if config.get("whiten_stem"):
     if images is None:
       raise ValueError("whiten_stem needs the training images")
-    stem = dict(variables["params"]["stem_conv"])
-    stem["kernel"] = jnp.asarray(
-      models.whitening_kernel(images, stem["kernel"].shape)
+    params = jax.tree.map(
+      lambda p, stem: (
+        jnp.asarray(models.whitening_kernel(images, p.shape)) if stem else p
+      ),
+      variables["params"],
+      optim.stem_kernel_mask(variables["params"]),
     )
-    params = {**variables["params"], "stem_conv": stem}
     variables = {**variables, "params": params}
   return state_with_variables(config, model, variables, steps_per_epoch)
 
