@@ -25,7 +25,7 @@ import jax
 
 def epochs_within(
   seconds: float,
-  first_s: float,
+  low_s: float,
   full_s: float,
   overhead_s: float,
   low_res_share: float,
@@ -33,8 +33,8 @@ def epochs_within(
 ) -> tuple[int, int]:
   """(epochs, low-res epochs) of the longest run whose epochs after the
   `done` ones, all low-res when `low_res_share` > 0, fit in `seconds`: each
-  takes `first_s` (a low-res epoch's training time when `low_res_share` >
-  0) or `full_s` at full size, plus `overhead_s` (validation, checkpoints).
+  takes `low_s` at low resolution or `full_s` at full size (training
+  time), plus `overhead_s` (validation, checkpoints).
   Low-res epochs come first, round(share * epochs) of them, at least the
   `done` ones."""
   best = (done, done if low_res_share else 0)
@@ -42,7 +42,7 @@ def epochs_within(
   while True:
     n += 1
     small = max(done, round(low_res_share * n)) if low_res_share else 0
-    cost = (max(small - done, 0) * (first_s + overhead_s)) + (
+    cost = (max(small - done, 0) * (low_s + overhead_s)) + (
       n - max(small, done)
     ) * (full_s + overhead_s)
     if cost > seconds or n > 100_000:

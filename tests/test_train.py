@@ -225,9 +225,9 @@ def test_a_time_budget_plans_after_the_first_epoch_corrects_and_keeps_it(
   with_time_budget(smoke_config, num_epochs=2, low_res_epochs=1)
   asked, corrections = [], []
 
-  def plan(seconds, first_s, full_s, overhead_s, share, done):
+  def plan(seconds, low_s, full_s, overhead_s, share, done):
     assert done == 1  # one low-res epoch, the first: no further plan
-    asked.append((seconds, first_s, full_s, overhead_s, share))
+    asked.append((seconds, low_s, full_s, overhead_s, share))
     return (3, 1)
 
   def more(seconds, epoch_s, overhead_s):
@@ -239,8 +239,8 @@ def test_a_time_budget_plans_after_the_first_epoch_corrects_and_keeps_it(
   full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
   expected = train.train_and_evaluate(smoke_config, full_dir, dataset)
   assert expected["epochs"] == 4 and len(asked) == 1 and len(corrections) == 2
-  seconds, first_s, full_s, overhead_s, share = asked[0]
-  assert 0 < first_s <= full_s and 0 <= overhead_s and share == 0.5
+  seconds, low_s, full_s, overhead_s, share = asked[0]
+  assert 0 < low_s <= full_s and 0 <= overhead_s and share == 0.5
   assert 0 < 30 * 60 - seconds < 60  # the time spent so far, and the test's
   for seconds, epoch_s, overhead_s in corrections:
     assert 0 < 30 * 60 - seconds < 60 and epoch_s > 0 and overhead_s >= 0
@@ -302,12 +302,9 @@ def test_a_time_budget_plans_again_after_each_low_res_epoch(
   assert all(share == 0.5 for _, _, share, _ in asked)
   # The gap after the first epoch holds the first plan's timed steps: the
   # second plan takes the gap the first measured, the third the next one.
-  gaps = epoch.gaps(reporting.read_metrics_csv(tmp_path / "metrics.csv"))
-  assert asked[1][3] == asked[0][3] and asked[2][3] == gaps[1]
-  times = [
-    row["epoch_time_s"]
-    for row in reporting.read_metrics_csv(tmp_path / "metrics.csv")
-  ]
+  history = reporting.read_metrics_csv(tmp_path / "metrics.csv")
+  assert asked[1][3] == asked[0][3] and asked[2][3] == epoch.gaps(history)[1]
+  times = [row["epoch_time_s"] for row in history]
   np.testing.assert_allclose(
     [low_s for low_s, *_ in asked],
     [times[0], np.mean(times[:2]), np.mean(times[:3])],
