@@ -119,6 +119,56 @@ def test_cpu_peak_bounds_throughput_by_flops(tmp_path):
   assert json.loads(out.read_text()) == result
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_convolution_and_its_gradients_equal_the_direct_ones(m):
+  """experiments/conv_algorithms.py's F(mxm,3x3): the same outputs and
+  gradients as lax's convolution, on a non-square map."""
+  import jax
+  import numpy as np
+
+  from densenet_jax import layers
+
+  conv_algorithms = load_experiment("conv_algorithms")
+  keys = jax.random.split(jax.random.key(m), 3)
+  x = jax.random.normal(keys[0], (2, 8, 12, 5))
+  kernel = jax.random.normal(keys[1], (3, 3, 5, 7))
+  cotangent = jax.random.normal(keys[2], (2, 8, 12, 7))
+  winograd = lambda x, k: conv_algorithms.winograd_conv(x, k, m)  # noqa: E731
+  y, vjp = jax.vjp(winograd, x, kernel)
+  y_ref, vjp_ref = jax.vjp(layers.conv_same, x, kernel)
+  for got, want in zip((y, *vjp(cotangent)), (y_ref, *vjp_ref(cotangent))):
+    scale = float(np.max(np.abs(want)))
+    np.testing.assert_allclose(got, want, atol=1e-5 * scale)
+  with pytest.raises(ValueError, match="divisible by 4"):
+    conv_algorithms.winograd_conv(x[:, :6], kernel, 4)
+
+
+def test_conv_algorithms_times_every_shape_mode_and_algorithm(tmp_path):
+  out = tmp_path / "conv.json"
+  conv_algorithms = load_experiment("conv_algorithms")
+  result = conv_algorithms.main(
+    "--model tiny --batch-size 2 --eval-chunk 1 --repeats 1 --output".split()
+    + [str(out)]
+  )
+  # tiny: one 8 -> 4 channel layer at 32x32, one at 16x16
+  assert {(r["size"], r["in"], r["out"]) for r in result["rows"]} == {
+    (32, 8, 4),
+    (16, 8, 4),
+  }
+  assert len(result["rows"]) == 2 * 2 * len(conv_algorithms.ALGORITHMS)
+  assert max(r["relative_error"] for r in result["rows"]) < 1e-5
+  assert sorted(result["network_ms"]) == sorted(
+    f"{mode}/{a}"
+    for mode in ("eval", "train")
+    for a in conv_algorithms.ALGORITHMS
+  )
+  direct = [r["ms"] for r in result["rows"] if r["algorithm"] == "direct"]
+  assert sum(direct) == pytest.approx(
+    result["network_ms"]["eval/direct"] + result["network_ms"]["train/direct"]
+  )
+  assert json.loads(out.read_text()) == result
+
+
 def test_cpu_model_names_the_generation(tmp_path):
   # Two generations behind one cloud model name: family, model, vectors.
   cpuinfo = tmp_path / "cpuinfo"
