@@ -41,9 +41,10 @@ class RunRecord:
 
 
 def compile_then_wait(
-  config, p_train, p_eval, replicated, splits, steps_per_epoch
+  config, p_train, eval_steps, replicated, splits, steps_per_epoch
 ) -> None:
-  """With several processes: compiles the steps, then waits for the others.
+  """With several processes: compiles the train step and the eval steps,
+  then waits for the others.
 
   The first collective connects the processes, and that waits only 30 s
   for a peer still compiling on a loaded machine; after this barrier all
@@ -52,7 +53,8 @@ def compile_then_wait(
     return
   train_batch, val_batch = first_batches(config, splits, steps_per_epoch)
   p_train.lower(replicated, train_batch).compile()
-  p_eval.lower(replicated, val_batch).compile()
+  for p_eval in eval_steps:
+    p_eval.lower(replicated, val_batch).compile()
   distributed.barrier("compiled")
 
 

@@ -435,6 +435,17 @@ class TTA(NamedTuple):
       int(config.get("tta_translate_px", 0)),
     )
 
+  @classmethod
+  def validation_of(cls, config) -> "TTA":
+    """The views validation averages: the test's, or with
+    validate_tta=False the image alone."""
+    return cls.of(config) if config.get("validate_tta", True) else NO_TTA
+
+  @property
+  def views(self) -> int:
+    """The network's passes over each image."""
+    return (2 if self.flip else 1) * (3 if self.translate_px else 1)
+
 
 NO_TTA = TTA()
 

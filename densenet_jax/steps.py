@@ -279,5 +279,11 @@ def _cached_steps(
     axis_name=AXIS,
     donate_argnums=(0,),
   )
-  p_eval = jax.pmap(functools.partial(eval_step, tta=tta), AXIS)
-  return p_train, p_eval
+  return p_train, make_eval_step(tta)
+
+
+@functools.lru_cache(maxsize=None)
+def make_eval_step(tta=models.NO_TTA):
+  """The pmapped eval step averaging the views of `tta`; one function per
+  setting, as make_steps'."""
+  return jax.pmap(functools.partial(eval_step, tta=tta), AXIS)

@@ -130,6 +130,7 @@ class _Run:
       workdir, keep_every_steps=config.keep_every_epochs * steps_per_epoch
     )
     self.p_train, self.p_eval = steps.make_steps_for(config)
+    self.p_val = steps.make_eval_step(models.TTA.validation_of(config))
     # Progressive resizing: a train step of its own for the low-res epochs.
     self.p_train_low = (
       steps.make_steps_for(config, config.low_res_px)[0]
@@ -190,7 +191,7 @@ class _Run:
     epoch.compile_then_wait(
       config,
       self.train_step_of(len(record.history)),
-      self.p_eval,
+      self.eval_steps(),
       replicated,
       splits,
       self.steps_per_epoch,
@@ -275,9 +276,15 @@ class _Run:
 
   def seconds_left(self, started: float, overhead_s: float) -> float:
     """The budget's seconds still free, less the test at the end (costed as
-    the gap between epochs, validation, scaled to the test set's size)."""
+    the gap between epochs, validation, scaled to the test set)."""
     splits = self.dataset.splits
-    test_s = overhead_s * len(splits["test"]) / len(splits["validation"])
+    test_s = budget.final_test_seconds(
+      overhead_s,
+      len(splits["validation"]),
+      len(splits["test"]),
+      models.TTA.validation_of(self.config).views,
+      models.TTA.of(self.config).views,
+    )
     spent = time.perf_counter() - started
     return self.config.time_budget_minutes * 60 - test_s - spent
 
@@ -342,17 +349,16 @@ class _Run:
 
   def start_timing(self, record: epoch.RunRecord, started: float) -> None:
     """With a time budget, before a fresh run's first epoch: its train step
-    and the eval step compile (on copies of the state), so that the first
+    and eval steps compile (on copies of the state), so that the first
     epoch and its validation take the time later ones will."""
     if not self.plan_pending(record) or record.history or record.partial:
       return
     train_batch, val_batch = epoch.first_batches(
       self.config, self.dataset.splits, self.steps_per_epoch
     )
-    for step, batch in (
-      (self.train_step_of(0), train_batch),
-      (self.p_eval, val_batch),
-    ):
+    calls = [(self.train_step_of(0), train_batch)]
+    calls += [(p_eval, val_batch) for p_eval in self.eval_steps()]
+    for step, batch in calls:
       jax.block_until_ready(step(steps.replicate(self.state), batch))
     record.first_epoch_started_s = time.perf_counter() - started
 
@@ -378,6 +384,11 @@ class _Run:
     self.config.num_epochs, self.config.low_res_epochs = plan
     _write_config(self.workdir, self.config)
 
+  def eval_steps(self) -> tuple:
+    """The eval steps the run compiles: validation's, and the test's when
+    that averages other views."""
+    return tuple(dict.fromkeys((self.p_val, self.p_eval)))
+
   def train_step_of(self, epoch_index: int):
     """The train step of an epoch (counted from 0): the low-res one for
     the first low_res_epochs."""
@@ -392,7 +403,7 @@ class _Run:
     state, then its row, early stopping and checkpoints."""
     config, splits = self.config, self.dataset.splits
     val = evaluate.evaluate_state(
-      self.p_eval, replicated, splits["validation"], config.eval_batch_size
+      self.p_val, replicated, splits["validation"], config.eval_batch_size
     )
     extra = {}
     if epoch.scores_test(config, len(record.history) + 1):

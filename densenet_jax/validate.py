@@ -49,6 +49,7 @@ _BOOLS = (
   "nesterov",
   "weight_decay_kernels_only",
   "tta_flip",
+  "validate_tta",
   "whiten_stem",
 )
 # name: (low, high, high included); low is always included.

@@ -23,6 +23,14 @@ def test_epochs_within_with_low_res_epochs_first(seconds, expected):
   assert budget.epochs_within(seconds, 10.0, 20.0, 0.0, 0.5) == expected
 
 
+def test_the_final_test_is_costed_by_images_and_views():
+  # 1,000 validation images in 4 s between epochs, one view each: 10,000
+  # test images of six views take 60 times as long as 1,000 of one.
+  assert budget.final_test_seconds(4.0, 1000, 10000, 1, 6) == 240.0
+  assert budget.final_test_seconds(4.0, 1000, 10000, 6, 6) == 40.0
+  assert budget.final_test_seconds(4.0, 5000, 10000) == 8.0
+
+
 def test_epochs_within_counts_the_time_between_epochs():
   # Full-size only: each epoch after the first takes 30 s and 5 s more.
   assert budget.epochs_within(104.0, 30.0, 30.0, 5.0, 0.0) == (3, 0)

@@ -111,8 +111,9 @@ def test_a_run_compiles_its_train_and_eval_steps_once_each(
   """The state as first placed on the devices, as each step returns it and
   as restored for the final test share one compilation of each step (step
   functions of this test's own, so that no other test compiled them)."""
-  fresh = functools.lru_cache(steps._cached_steps.__wrapped__)
-  monkeypatch.setattr(steps, "_cached_steps", fresh)
+  for name in ("_cached_steps", "make_eval_step"):
+    fresh = functools.lru_cache(getattr(steps, name).__wrapped__)
+    monkeypatch.setattr(steps, name, fresh)
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
     train.train_and_evaluate(smoke_config, tmp_path, dataset)
   compiled = [
@@ -121,6 +122,33 @@ def test_a_run_compiles_its_train_and_eval_steps_once_each(
     if m.startswith("Finished XLA compilation of jit(_fun)")
   ]
   assert len(compiled) == 2, compiled
+
+
+@pytest.mark.parametrize("validate_tta", [True, False])
+def test_validation_takes_the_tests_views_unless_told_not_to(
+  smoke_config, dataset, tmp_path, monkeypatch, validate_tta
+):
+  smoke_config.update(num_epochs=1, tta_flip=True, validate_tta=validate_tta)
+  used = {}
+  real = evaluate.evaluate_state
+
+  def spy(p_eval, state, split, batch_size):
+    name = next(k for k, v in dataset.splits.items() if v is split)
+    used.setdefault(name, set()).add(p_eval)
+    return real(p_eval, state, split, batch_size)
+
+  monkeypatch.setattr(evaluate, "evaluate_state", spy)
+  train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  flipped = steps.make_eval_step(models.TTA(flip=True))
+  alone = steps.make_eval_step(models.NO_TTA)
+  assert used == {
+    "validation": {flipped if validate_tta else alone},
+    "test": {flipped},
+  }
+  assert models.TTA.validation_of(smoke_config).views == (
+    2 if validate_tta else 1
+  )
+  assert models.TTA(flip=True, translate_px=1).views == 6
 
 
 def test_eval_counts_every_example_once_with_a_padded_batch(

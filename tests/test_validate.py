@@ -2,6 +2,7 @@
 
 import json
 
+import ml_collections
 import pytest
 
 from densenet_jax import (
@@ -138,6 +139,15 @@ def test_the_library_entry_point_checks_too(smoke_config, dataset, tmp_path):
   with pytest.raises(errors.UserError, match="num_epochs=0"):
     train.train_and_evaluate(smoke_config, tmp_path / "run", dataset)
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key", ["tta_flip", "validate_tta", "whiten_stem"])
+def test_switches_must_be_booleans(smoke_config, key):
+  # A config.json edited by hand: no field types to convert the value.
+  config = ml_collections.ConfigDict(smoke_config.to_dict(), type_safe=False)
+  config[key] = 1
+  with pytest.raises(errors.UserError, match=f"{key}=1 must be True or False"):
+    validate.config(config)
 
 
 def test_every_builtin_config_is_valid():

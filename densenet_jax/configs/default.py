@@ -78,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Eval also on the image moved this many pixels each way diagonally
   # (models.TTA); 0: off.
   config.tta_translate_px = 0
+  # Validation averages the test's views; False: the image alone, at a
+  # view's cost, where validation chooses nothing (test_checkpoint latest).
+  config.validate_tta = True
   # Progressive resizing: the first low_res_epochs epochs train on the
   # augmented images scaled down to low_res_px square (0, 0: off).
   config.low_res_px = 0
