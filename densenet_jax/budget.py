@@ -57,15 +57,16 @@ def epochs_fitting(seconds: float, epoch_s: float, overhead_s: float) -> int:
 
 
 def final_test_seconds(
-  gap_s: float,
+  val_s: float,
   val_images: int,
   test_images: int,
   val_views: int = 1,
   test_views: int = 1,
 ) -> float:
-  """The test at the end costed from the gap between epochs (validation,
-  mostly): scaled by the images and by the views each one takes."""
-  return gap_s * test_images * test_views / (val_images * val_views)
+  """The test at the end costed from a validation's seconds (or the gap
+  between epochs, validation mostly): scaled by the images and by the views
+  each one takes."""
+  return val_s * test_images * test_views / (val_images * val_views)
 
 
 def seconds_per_step(steps, states, batch, repeats: int = 5) -> list[float]:

@@ -112,6 +112,7 @@ class _Run:
     )
     self.step_seconds = None  # the low-res and full-size train steps' times
     self.first_gap_s = None  # the gap after the first epoch, before a plan
+    self.val_seconds = None  # the last validation's, to cost the test by
     self.steps_per_epoch = steps_per_epoch
     image_shape = dataset.splits["train"].images.shape[1:]
     model = models.from_config(
@@ -275,11 +276,12 @@ class _Run:
     return record.planned != before
 
   def seconds_left(self, started: float, overhead_s: float) -> float:
-    """The budget's seconds still free, less the test at the end (costed as
-    the gap between epochs, validation, scaled to the test set)."""
+    """The budget's seconds still free, less the test at the end: the last
+    validation's time (before one, the gap between epochs) scaled to the
+    test set and its views."""
     splits = self.dataset.splits
     test_s = budget.final_test_seconds(
-      overhead_s,
+      overhead_s if self.val_seconds is None else self.val_seconds,
       len(splits["validation"]),
       len(splits["test"]),
       models.TTA.validation_of(self.config).views,
@@ -402,9 +404,11 @@ class _Run:
     """Validation (and test, in the epochs that score it) of the epoch's
     state, then its row, early stopping and checkpoints."""
     config, splits = self.config, self.dataset.splits
+    val_started = time.perf_counter()
     val = evaluate.evaluate_state(
       self.p_val, replicated, splits["validation"], config.eval_batch_size
     )
+    self.val_seconds = time.perf_counter() - val_started
     extra = {}
     if epoch.scores_test(config, len(record.history) + 1):
       test = evaluate.evaluate_state(

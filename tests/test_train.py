@@ -4,6 +4,7 @@ import functools
 import json
 import logging
 import os
+import time
 
 import jax
 import numpy as np
@@ -296,6 +297,35 @@ def test_a_time_budget_plans_after_the_first_epoch_corrects_and_keeps_it(
   corrections[:] = [None]  # the resumed run's next correction keeps 4
   assert train.train_and_evaluate(smoke_config, cut_dir, dataset) == expected
   assert len(asked) == 2 and len(corrections) == 2
+
+
+def test_a_time_budget_costs_the_test_by_the_validations_time(
+  smoke_config, dataset, tmp_path, monkeypatch
+):
+  """Not by the whole gap between epochs: bookkeeping that a test does not
+  repeat (here 0.5 s) fills it beside validation (here at least 0.2 s)."""
+  with_time_budget(smoke_config, num_epochs=2, low_res_epochs=1)
+  real_evaluate, real_end = evaluate.evaluate_state, epoch.end_epoch
+  real_cost, costed = budget.final_test_seconds, []
+
+  def slow_validation(p_eval, state, split, batch_size):
+    if split is dataset.splits["validation"]:
+      time.sleep(0.2)
+    return real_evaluate(p_eval, state, split, batch_size)
+
+  def slow_bookkeeping(*args):
+    time.sleep(0.5)
+    return real_end(*args)
+
+  def spy(val_s, *args):
+    costed.append(val_s)
+    return real_cost(val_s, *args)
+
+  monkeypatch.setattr(evaluate, "evaluate_state", slow_validation)
+  monkeypatch.setattr(epoch, "end_epoch", slow_bookkeeping)
+  monkeypatch.setattr(budget, "final_test_seconds", spy)
+  train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  assert costed and all(0.2 <= s < 0.5 for s in costed), costed
 
 
 def test_a_time_budget_plans_again_after_each_low_res_epoch(
