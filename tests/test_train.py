@@ -303,7 +303,7 @@ def test_a_time_budget_costs_the_test_by_the_validations_time(
   smoke_config, dataset, tmp_path, monkeypatch
 ):
   """Not by the whole gap between epochs: bookkeeping that a test does not
-  repeat (here 0.5 s) fills it beside validation (here at least 0.2 s)."""
+  repeat (here 1.0 s) fills it beside validation (here at least 0.2 s)."""
   with_time_budget(smoke_config, num_epochs=2, low_res_epochs=1)
   real_evaluate, real_end = evaluate.evaluate_state, epoch.end_epoch
   real_cost, costed = budget.final_test_seconds, []
@@ -314,7 +314,7 @@ def test_a_time_budget_costs_the_test_by_the_validations_time(
     return real_evaluate(p_eval, state, split, batch_size)
 
   def slow_bookkeeping(*args):
-    time.sleep(0.5)
+    time.sleep(1.0)
     return real_end(*args)
 
   def spy(val_s, *args):
@@ -325,7 +325,7 @@ def test_a_time_budget_costs_the_test_by_the_validations_time(
   monkeypatch.setattr(epoch, "end_epoch", slow_bookkeeping)
   monkeypatch.setattr(budget, "final_test_seconds", spy)
   train.train_and_evaluate(smoke_config, tmp_path, dataset)
-  assert costed and all(0.2 <= s < 0.5 for s in costed), costed
+  assert costed and all(0.2 <= s < 1.2 for s in costed), costed
 
 
 def test_a_time_budget_plans_again_after_each_low_res_epoch(
