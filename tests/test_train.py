@@ -324,7 +324,12 @@ def test_a_time_budget_costs_the_test_by_the_validations_time(
   monkeypatch.setattr(evaluate, "evaluate_state", slow_validation)
   monkeypatch.setattr(epoch, "end_epoch", slow_bookkeeping)
   monkeypatch.setattr(budget, "final_test_seconds", spy)
-  train.train_and_evaluate(smoke_config, tmp_path, dataset)
+  # The plan keeps the 2 epochs: the budget's own would train as many as
+  # fit in 30 minutes.
+  monkeypatch.setattr(budget, "epochs_within", lambda *args: (2, 1))
+  assert (
+    train.train_and_evaluate(smoke_config, tmp_path, dataset)["epochs"] == 2
+  )
   assert costed and all(0.2 <= s < 1.2 for s in costed), costed
 
 
